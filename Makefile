@@ -1,0 +1,35 @@
+# Two commands do all set-up on a fresh clone:  `make demo`  and  `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test docs bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# torch first and pinned: the CPU build on local disk (see docs/installation.md).
+	$(BIN)/pip install --quiet "torch==2.13.0"
+	$(BIN)/pip install --quiet -e ".[test,docs]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## The main job: a simulated LabDCT scan written to disk (out/demo).
+demo: $(STAMP)
+	$(BIN)/labdct-live demo --out out/demo
+
+## The tests (not the slow ones) and the documentation build.
+test: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" -q
+	$(BIN)/mkdocs build --strict --quiet --site-dir .site
+
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict --site-dir .site
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) .site out

@@ -1,0 +1,67 @@
+"""The simulate command and the scan folder it writes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+
+from labdct_live.cli import main
+from labdct_live.grainmap import read_gm3d
+from labdct_live.microstructure import make_sample
+from labdct_live.presets import preset
+from labdct_live.scanfiles import SimulatedScan
+
+
+@pytest.fixture(scope="module")
+def scan_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("scans") / "d18"
+    code = main(["simulate", "--sample", "D18", "--projections", "3", "--seed", "4",
+                 "--out", str(out)])
+    assert code == 0
+    return out
+
+
+def test_simulate_writes_the_documented_layout(scan_dir):
+    names = sorted(p.name for p in (scan_dir / "frames").iterdir())
+    assert names == ["proj_0000.tif", "proj_0001.tif", "proj_0002.tif"]
+    meta = json.loads((scan_dir / "scan.json").read_text())
+    assert meta["omegas"] == [-180.0, 0.0, 180.0]
+    assert meta["sample"]["name"] == "D18" and meta["seed"] == 4
+    scan = SimulatedScan.open(scan_dir)
+    assert len(scan) == 3
+    frame = tifffile.imread(scan_dir / "frames" / "proj_0001.tif")
+    assert frame.dtype == np.uint16 and frame.shape == (2032, 2032)
+    labels = scan.labels(1)
+    spots = scan.spots(1)
+    assert labels.max() == len(spots) == meta["spots_per_projection"][1] > 300
+    # the label image and the table agree, pixel by pixel
+    counts = np.bincount(labels.ravel(), minlength=len(spots) + 1)[1:]
+    assert np.array_equal(counts, spots.n_pixels.to_numpy())
+    # -180° and +180° are the same rotation: the same frame
+    assert np.array_equal(scan.frame(0), scan.frame(2))
+    assert not list(scan_dir.parent.glob(".*partial*"))
+
+
+def test_grain_map_is_the_sample(scan_dir):
+    sample = make_sample(preset("D18")[0], seed=4)
+    grainmap = read_gm3d(scan_dir / "grainmap.h5")
+    assert np.array_equal(grainmap.grain_ids, sample.grain_ids)
+    assert grainmap.spacing == pytest.approx((sample.voxel_size,) * 3)
+    # orientations are stored in the cubic fundamental zone: equal up to a symmetry operator
+    u_file = grainmap.orientations[1:]
+    u_true = sample.orientations[1:]
+    delta = np.einsum("gji,gjk->gik", u_true, u_file)  # U_true^T U_file = a cubic operator
+    assert np.allclose(np.round(delta), delta, atol=1e-5)
+
+
+def test_simulate_refuses_to_overwrite_and_reports_bad_input(scan_dir, capsys):
+    assert main(["simulate", "--sample", "D18", "--projections", "1", "--out", str(scan_dir)]) == 2
+    assert "exists" in capsys.readouterr().err
+    assert main(["simulate", "--sample", "D99", "--out", str(scan_dir.parent / "x")]) == 2
+    assert "D99" in capsys.readouterr().err
+    assert main(["simulate", "--projections", "0", "--out", str(scan_dir.parent / "y")]) == 2
+    assert "projections" in capsys.readouterr().err
+    assert not (scan_dir.parent / "x").exists() and not (scan_dir.parent / "y").exists()
