@@ -68,6 +68,7 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 __all__ = [
+    "ALUMINIUM",
     "GrainMap",
     "GrainMapError",
     "GrainMapFormatError",
@@ -155,8 +156,8 @@ class Phase:
         raise GrainMapError(f"phases: expected Phase or dict, got {type(value).__name__}")
 
 
+#: The default phase (the paper's virtual samples are aluminium).
 ALUMINIUM = Phase("Aluminum", 225, (4.04958, 4.04958, 4.04958, 90.0, 90.0, 90.0), "F m -3 m")
-IRON_ALPHA = Phase("Iron-alpha", 229, (2.8665, 2.8665, 2.8665, 90.0, 90.0, 90.0), "I m -3 m")
 
 
 # --------------------------------------------------------------------------- orientations
@@ -314,6 +315,14 @@ class GrainMap:
         if bad.any():
             raise GrainMapError(
                 f"orientations: grain(s) {present[bad][:10].tolist()} have no orientation"
+            )
+        mats = self.orientations[present]
+        not_rotation = (np.abs(mats @ np.swapaxes(mats, 1, 2) - np.eye(3)).max(axis=(1, 2)) > 1e-4
+                        ) | (np.linalg.det(mats) < 0) if len(mats) else np.zeros(0, bool)
+        if not_rotation.any():
+            raise GrainMapError(
+                f"orientations: grain(s) {present[not_rotation][:10].tolist()} are not proper "
+                "rotation matrices (U must be orthonormal with determinant +1)"
             )
         for name in ("completeness", "mask"):
             volume = getattr(self, name)
@@ -559,6 +568,7 @@ def write_gm3d(
         tables.pop("EulerZXZ")
     if not quaternion:
         tables.pop("Quaternion")
+    tables = {key: (table.astype(dtype), dtype) for key, (table, dtype) in tables.items()}
     phase_table = gm.phase_ids.astype(np.uint8)
     phase_table[0] = 0
     xyz = slice(None, None, -1)  # (z, y, x) -> (x, y, z)
@@ -612,8 +622,8 @@ def write_gm3d(
                     out["Completeness"][z] = gm.completeness[z]
                 out["Mask"][z] = (sl > 0) if gm.mask is None else gm.mask[z]
                 out["PhaseId"][z] = phase_table[sl]
-                for key, (table, dtype) in tables.items():
-                    out[key][z] = table[sl].astype(dtype)
+                for key, (table, _) in tables.items():
+                    out[key][z] = table[sl]
             phase_group = f.create_group("PhaseInfo")
             for phase_id, phase in sorted(gm.phases.items()):
                 g = phase_group.create_group(f"Phase{phase_id:02d}")
@@ -760,7 +770,11 @@ def read_gm3d(
             phase_ids = np.nan_to_num(phase_ids, nan=0).astype(np.int64)
         else:
             phase_ids = np.ones(n_rows, np.int64)
-        phases = _read_phases(f, path) if "PhaseInfo" in f else {1: ALUMINIUM}
+        if "PhaseInfo" in f:
+            phases = _read_phases(f, path)
+        else:
+            logger.warning("%s: no /PhaseInfo; assuming phase 1 is aluminium", path)
+            phases = {1: ALUMINIUM}
         completeness = f[f"{_DATA}/Completeness"][()] if f"{_DATA}/Completeness" in f else None
         mask = f[f"{_DATA}/Mask"][()] if f"{_DATA}/Mask" in f else None
         name = _read_str(f["LabDCT/Name"]) if "LabDCT/Name" in f else ""
