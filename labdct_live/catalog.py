@@ -1,0 +1,178 @@
+"""The tiled catalog: an embedded server we start and stop, or any tiled server by URI.
+
+The embedded default is a local SQLite + files catalog served by a ``tiled serve config``
+subprocess bound to localhost with a random API key. It is a real tiled server: a second
+process (the 0MQ worker, a notebook) reaches it by URI and key, and tests stop and restart it
+to prove that nothing is lost while it is away. SQLite allows one writer, so exactly one
+server owns a catalog directory; every other process is its client. At scale the same code
+points at a tiled server backed by PostgreSQL (:func:`connect` with its URI and API key).
+
+The server registers bluesky-tiled-plugins' json-seq exporter for BlueskyRun nodes, so that
+``run.documents()`` can replay a stored run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+__all__ = ["CatalogServer", "connect", "CatalogUnavailable"]
+
+logger = logging.getLogger(__name__)
+
+
+class CatalogUnavailable(RuntimeError):
+    """The catalog server could not be started or reached."""
+
+
+def _free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _config_yaml(directory: Path, readable: list[Path], api_key: str, host: str, port: int) -> str:
+    readable_list = "".join(f"\n        - {p}" for p in readable) or " []"
+    return f"""\
+authentication:
+  single_user_api_key: "{api_key}"
+trees:
+  - path: /
+    tree: catalog
+    args:
+      uri: "sqlite:///{directory / 'catalog.db'}"
+      init_if_not_exists: true
+      writable_storage:
+        - "{directory / 'data'}"
+        - "sqlite:///{directory / 'tables.sqlite'}"
+      readable_storage:{readable_list}
+media_types:
+  BlueskyRun:
+    application/json-seq: bluesky_tiled_plugins.exporters:json_seq_exporter
+uvicorn:
+  host: "{host}"
+  port: {port}
+"""
+
+
+class CatalogServer:
+    """An embedded tiled catalog served by a ``tiled serve config`` subprocess.
+
+    Parameters
+    ----------
+    directory : path-like
+        Where the catalog lives (``catalog.db``, ``data/``, ``storage.duckdb``, the server's
+        config and log). Reused when it exists.
+    readable_storage : list of path-like
+        Directories whose files (e.g. detector HDF5 files) the catalog may register.
+    api_key : str, optional
+        A random key when None.
+    host, port : str, int
+        Bind address; localhost and a free port by default.
+
+    Examples
+    --------
+    >>> with CatalogServer("catalog") as server:   # doctest: +SKIP
+    ...     client = server.client()
+    """
+
+    def __init__(self, directory: str | os.PathLike, readable_storage=(),
+                 api_key: str | None = None, host: str = "127.0.0.1", port: int | None = None):
+        self.directory = Path(directory).resolve()
+        self.readable_storage = [Path(p).resolve() for p in readable_storage]
+        self.api_key = api_key or secrets.token_hex(16)
+        self.host = host
+        self.port = port or _free_port(host)
+        self._process: subprocess.Popen | None = None
+
+    @property
+    def uri(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def start(self, timeout: float = 60.0) -> "CatalogServer":
+        """Start the server and wait until it answers."""
+        if self.running:
+            return self
+        (self.directory / "data").mkdir(parents=True, exist_ok=True)
+        for p in self.readable_storage:
+            p.mkdir(parents=True, exist_ok=True)
+        config = self.directory / "tiled-config.yml"
+        config.write_text(_config_yaml(self.directory, self.readable_storage, self.api_key,
+                                       self.host, self.port))
+        tiled = Path(sys.executable).with_name("tiled")
+        command = [str(tiled)] if tiled.exists() else [sys.executable, "-m", "tiled"]
+        log = open(self.directory / "server.log", "ab")
+        self._process = subprocess.Popen(
+            [*command, "serve", "config", str(config)], stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise CatalogUnavailable(
+                    f"the tiled server exited with code {self._process.returncode}; see "
+                    f"{self.directory / 'server.log'}")
+            try:
+                if httpx.get(f"{self.uri}/healthz", timeout=1.0).status_code == 200:
+                    logger.info("tiled catalog %s serving %s", self.uri, self.directory)
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise CatalogUnavailable(f"the tiled server did not answer within {timeout} s; see "
+                                 f"{self.directory / 'server.log'}")
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """Stop the server (SIGINT, then SIGKILL after ``timeout``)."""
+        if self._process is None:
+            return
+        if self._process.poll() is None:
+            os.killpg(self._process.pid, signal.SIGINT)
+            try:
+                self._process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self._process.pid, signal.SIGKILL)
+                self._process.wait()
+        self._process = None
+
+    def restart(self) -> "CatalogServer":
+        self.stop()
+        return self.start()
+
+    def client(self):
+        """A :mod:`tiled.client` root of this catalog."""
+        return connect(self.uri, self.api_key)
+
+    def __enter__(self) -> "CatalogServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def connect(uri: str, api_key: str | None = None):
+    """A tiled client root for ``uri`` (``http://host:port``), with ``api_key``.
+
+    The key defaults to the ``TILED_API_KEY`` environment variable.
+    """
+    from tiled.client import from_uri
+
+    api_key = api_key or os.environ.get("TILED_API_KEY")
+    try:
+        return from_uri(uri, api_key=api_key)
+    except Exception as exc:  # httpx errors, auth errors: say which catalog failed
+        raise CatalogUnavailable(f"cannot open the tiled catalog at {uri}: {exc}") from exc

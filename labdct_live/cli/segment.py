@@ -1,0 +1,232 @@
+"""``labdct-live segment``: segment every frame of a folder into binary spot masks.
+
+Methods are registered in :data:`METHODS` by :func:`register_method`; a method builds, from
+the parsed arguments and the beam-stop mask, a function that turns a
+:class:`~labdct_live.io.FrameStack` into :class:`~labdct_live.segment.FrameResult` s (in any
+order). ``routine`` is the standard routine; ``dl`` the U-Net and one threshold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from . import CLIError
+
+if TYPE_CHECKING:
+    from ..io import FrameStack
+    from ..segment import FrameResult
+
+ORDER = 30
+
+#: A segmenter turns a frame stack into per-frame results (in any order).
+Segmenter = Callable[["FrameStack"], Iterator["FrameResult"]]
+
+
+@dataclass(frozen=True)
+class Method:
+    """A segmentation method offered by ``--method``."""
+
+    name: str
+    help: str
+    build: Callable[[argparse.Namespace, np.ndarray | None], tuple[Segmenter, dict]]
+
+
+#: Registered methods, by name.
+METHODS: dict[str, Method] = {}
+
+
+def register_method(name: str, help: str):
+    """Decorator registering ``build(args, exclude) -> (segmenter, settings)`` as a method.
+
+    ``settings`` is a JSON-able description written to ``segmentation.json``.
+    """
+    def decorate(build):
+        METHODS[name] = Method(name, help, build)
+        return build
+    return decorate
+
+
+@register_method("routine", "the standard routine (rolling median, LoG, per-spot threshold)")
+def _build_routine(args: argparse.Namespace, exclude: np.ndarray | None):
+    from ..segment import RoutineParams, iter_standard_routine
+
+    params = RoutineParams.preset(args.preset)
+    if args.params:
+        try:
+            loaded = json.loads(Path(args.params).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise CLIError(f"--params {args.params}: cannot read a JSON parameter file ({exc})")
+        loaded = loaded.get("params", loaded)
+        unknown = set(loaded) - set(params.to_dict())
+        if unknown:
+            raise CLIError(f"--params {args.params}: unknown parameter(s) {sorted(unknown)}")
+        params = params.with_(**loaded)
+    overrides = {k: getattr(args, k) for k in ("window", "background", "sigma", "percent",
+                                               "min_size") if getattr(args, k) is not None}
+    params = params.with_(**overrides)
+    circular = not args.no_wrap
+
+    def segment(stack):
+        return iter_standard_routine(iter(stack), params, exclude, circular)
+
+    return segment, {"params": params.to_dict(), "circular": circular}
+
+
+@register_method("dl", "U-Net denoising, then one threshold (needs the trained U-Net)")
+def _build_dl(args: argparse.Namespace, exclude: np.ndarray | None):
+    from ..models.inference import Denoiser
+    from ..segment import FrameResult, label_spots, spot_table, threshold_segment
+
+    try:
+        denoiser = Denoiser(args.model, threads=args.threads)
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        raise CLIError(f"--method dl: {exc}") from exc
+    threshold = denoiser.threshold if args.threshold is None else args.threshold
+
+    def segment(stack):
+        for index, frame in enumerate(stack):
+            denoised = denoiser(frame)
+            mask = threshold_segment(denoised, threshold, args.dl_min_size, exclude)
+            labels, _ = label_spots(mask)
+            yield FrameResult(index, mask, labels, spot_table(labels, denoised), denoised)
+
+    meta = denoiser.metadata
+    return segment, {"model": str(args.model or "shipped"), "threshold": float(threshold),
+                     "min_size": args.dl_min_size,
+                     "model_name": meta.get("name") or meta.get("architecture", ""),
+                     "model_hash": meta.get("sha256", "")}
+
+
+def _resolve_input(input_dir: Path) -> tuple[Path, np.ndarray | None, str]:
+    """Frame folder and beam-stop mask; a simulated scan folder brings its own beam stop."""
+    if (input_dir / "scan.json").is_file() and (input_dir / "frames").is_dir():
+        from ..scanfiles import SimulatedScan
+
+        geometry = SimulatedScan.open(input_dir).geometry
+        return input_dir / "frames", geometry.beamstop_mask(), "scan.json"
+    return input_dir, None, "none"
+
+
+def _beamstop_from_args(value: list[str] | None, shape: tuple[int, int],
+                        default: np.ndarray | None) -> np.ndarray | None:
+    if value is None:
+        return default
+    if value == ["none"]:
+        return None
+    try:
+        r0, r1, c0, c1 = (int(v) for v in value)
+    except ValueError:
+        raise CLIError(f"--beamstop takes ROW0 ROW1 COL0 COL1 (inclusive pixels) or 'none', "
+                       f"got {' '.join(value)}") from None
+    if not (0 <= r0 <= r1 < shape[0] and 0 <= c0 <= c1 < shape[1]):
+        raise CLIError(f"--beamstop {r0} {r1} {c0} {c1} is outside the {shape[0]}x{shape[1]} "
+                       "frames")
+    mask = np.zeros(shape, dtype=bool)
+    mask[r0:r1 + 1, c0:c1 + 1] = True
+    return mask
+
+
+def run(args: argparse.Namespace) -> int:
+    import pandas as pd
+    import tifffile
+    from tqdm.auto import tqdm
+
+    from .. import __version__
+    from ..io import AtomicOutputDir, open_frame_folder, write_mask_tiff
+
+    input_dir, exclude, beamstop_source = _resolve_input(Path(args.input_dir))
+    stack = open_frame_folder(input_dir)
+    if args.beamstop is not None:
+        beamstop_source = "--beamstop"
+    exclude = _beamstop_from_args(args.beamstop, stack.shape, exclude)
+    if exclude is not None and exclude.shape != stack.shape:
+        raise CLIError(f"the beam-stop mask ({exclude.shape}) does not fit the "
+                       f"{stack.shape} frames; pass --beamstop")
+    segment, settings = METHODS[args.method].build(args, exclude)
+    out = Path(args.output_dir)
+    if out.resolve() == input_dir.resolve():
+        raise CLIError("OUTPUT_DIR must differ from INPUT_DIR (masks keep the frames' names)")
+
+    locations = stack.locations
+    names = stack.names
+    tables, seen = [], set()
+    with AtomicOutputDir(out, overwrite=args.overwrite) as tmp:
+        stacks = {f: tifffile.memmap(tmp / f.name, shape=(n,) + stack.shape, dtype=np.uint8)
+                  for f, n, is_stack in zip(stack.files, stack.frames_per_file, stack.is_stack)
+                  if is_stack}
+        with tqdm(total=len(stack), desc=f"segment ({args.method})", unit="frame") as bar:
+            for result in segment(stack):
+                path, page = locations[result.index]
+                if page is None:
+                    write_mask_tiff(tmp / path.name, result.mask)
+                else:
+                    stacks[path][page] = np.where(result.mask > 0, 255, 0)
+                tables.append(result.spots.assign(frame=result.index,
+                                                  name=names[result.index]))
+                seen.add(result.index)
+                bar.update()
+        if len(seen) != len(stack):  # a method must account for every frame exactly once
+            raise RuntimeError(f"method {args.method!r} returned {len(seen)} distinct frames "
+                               f"of {len(stack)}; no output written")
+        for memmap in stacks.values():
+            memmap.flush()
+        del stacks
+        spots = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+        if not spots.empty:
+            spots = spots.sort_values(["frame", "label"], kind="stable")
+            spots = spots[["frame", "name", *[c for c in spots.columns
+                                              if c not in ("frame", "name")]]]
+        spots.to_csv(tmp / "spots.csv", index=False)
+        (tmp / "segmentation.json").write_text(json.dumps({
+            "method": args.method, **settings, "input": str(input_dir.resolve()),
+            "n_frames": len(stack), "frame_shape": list(stack.shape),
+            "beamstop": beamstop_source, "labdct_live_version": __version__,
+        }, indent=2))
+    print(f"segmented {len(stack)} frames of {input_dir} ({len(spots)} spots) into {out}")
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "segment", help="segment a folder of frames into binary spot masks",
+        description="Segment every frame of INPUT_DIR (TIFF files of any size and pixel type; a "
+                    "simulated scan folder also works and brings its beam stop). Writes one "
+                    "binary TIFF (0/255) per input file, same names, plus spots.csv (one row "
+                    "per spot) and segmentation.json (settings) into OUTPUT_DIR, which appears "
+                    "only when complete.")
+    p.add_argument("input_dir", metavar="INPUT_DIR", help="folder of frames (omega order)")
+    p.add_argument("output_dir", metavar="OUTPUT_DIR", help="output folder (created)")
+    p.add_argument("--method", choices=sorted(METHODS), default="routine",
+                   help="; ".join(f"{m.name}: {m.help}" for m in METHODS.values()))
+    p.add_argument("--beamstop", nargs="+", metavar="PIXELS",
+                   help="beam-stop rectangle ROW0 ROW1 COL0 COL1 (inclusive), or 'none' "
+                        "(default: from scan.json for a simulated scan, else none)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUTPUT_DIR")
+    d = p.add_argument_group("dl options")
+    d.add_argument("--model", default=None,
+                   help="checkpoint file (default: the model shipped with the package)")
+    d.add_argument("--threshold", type=float, default=None,
+                   help="threshold of the denoised image (default: the model's calibrated one)")
+    d.add_argument("--dl-min-size", type=int, default=2, help="minimum spot size, pixels")
+    d.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    g = p.add_argument_group("routine options")
+    g.add_argument("--preset", choices=("public-code", "paper", "older"), default="public-code",
+                   help="starting parameters: the public code's (= paper, default) or the "
+                        "older variant (sigma 0.5, min size 2)")
+    g.add_argument("--params", metavar="JSON",
+                   help="parameters from a file, e.g. the output of 'labdct-live tune'")
+    g.add_argument("--window", type=int, help="rolling-median window, frames (odd)")
+    g.add_argument("--background", type=float, help="constant background value, counts")
+    g.add_argument("--sigma", type=float, help="Gaussian SD of the LoG, pixels")
+    g.add_argument("--percent", type=float, help="per-spot threshold, fraction of its max")
+    g.add_argument("--min-size", type=int, help="minimum spot size, pixels")
+    g.add_argument("--no-wrap", action="store_true",
+                   help="the scan is not a full 360°: do not wrap the rolling window")
+    p.set_defaults(func=run)

@@ -1,0 +1,41 @@
+"""``labdct-live serve``: serve an embedded catalog folder (e.g. the demo's) until Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+ORDER = 60
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..catalog import CatalogServer
+
+    directory = Path(args.directory)
+    if not (directory / "catalog.db").exists() and not args.create:
+        raise FileNotFoundError(f"{directory} holds no catalog (catalog.db); pass --create to "
+                                "start a new one")
+    raw = [args.raw] if args.raw else [directory.parent / "raw"]
+    with CatalogServer(directory, readable_storage=raw, port=args.port) as server:
+        print(f"tiled catalog {directory} at {server.uri}")
+        print(f"API key: {server.api_key}")
+        print(f"  from tiled.client import from_uri; c = from_uri('{server.uri}', "
+              f"api_key='{server.api_key}')", flush=True)
+        try:
+            while server.running:
+                time.sleep(1)
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("serve", help="serve an embedded catalog folder",
+                              description=__doc__)
+    p.add_argument("directory", help="catalog folder (e.g. out/demo/catalog)")
+    p.add_argument("--raw", default=None, help="folder of raw detector files (default ../raw)")
+    p.add_argument("--port", type=int, default=None)
+    p.add_argument("--create", action="store_true", help="create the catalog if missing")
+    p.set_defaults(func=run)

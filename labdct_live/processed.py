@@ -1,0 +1,295 @@
+"""Processed results in the tiled catalog: the ``processed/<raw uid>`` layout, writer, spool.
+
+Layout (readable with a plain ``tiled.client``, no labdct_live import)::
+
+    processed/                      container
+      <node>/                       container; <node> = the raw run's uid (live processing)
+                                    or "<uid>-replay-<UTC time>" (a replay)
+        metadata: raw_uid, method, parameters, model name/version/hash, package version,
+                  n_frames, frame_shape, status ("running" | "complete" |
+                  "complete-with-errors"), counts (received, processed, failed, spooled)
+        binary    uint8 array (frame, y, x), chunk = one frame, 1 = spot
+        frames    table, one row per frame: frame, omega, exposure, status, n_spots,
+                  snr_mean, snr_sd, snr_p5, snr_p25, snr_p50, snr_p75, snr_p95, n_weak,
+                  fraction_weak, processing_seconds
+        spots     table, one row per spot: frame, label, row, col, area, intensity, peak,
+                  bbox_row0, bbox_col0, bbox_row1, bbox_col1, snr, visible
+
+Writing: the binary array is pre-allocated and written one block (frame) at a time; table
+rows are appended. When the catalog cannot be reached, results go to a spool directory on
+local disk (one ``.npz`` per frame, written atomically) and are written, in order, as soon as
+the catalog answers again — every frame in is accounted for out.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from . import __version__
+
+__all__ = ["FRAME_SCHEMA", "SPOT_SCHEMA", "ProcessedRunWriter", "frame_row"]
+
+logger = logging.getLogger(__name__)
+
+FRAME_SCHEMA = pa.schema([
+    ("frame", pa.int64()), ("omega", pa.float64()), ("exposure", pa.float64()),
+    ("status", pa.string()), ("n_spots", pa.int64()),
+    ("snr_mean", pa.float64()), ("snr_sd", pa.float64()), ("snr_p5", pa.float64()),
+    ("snr_p25", pa.float64()), ("snr_p50", pa.float64()), ("snr_p75", pa.float64()),
+    ("snr_p95", pa.float64()), ("n_weak", pa.int64()), ("fraction_weak", pa.float64()),
+    ("processing_seconds", pa.float64()),
+])
+
+SPOT_SCHEMA = pa.schema([
+    ("frame", pa.int64()), ("label", pa.int64()), ("row", pa.float64()), ("col", pa.float64()),
+    ("area", pa.int64()), ("intensity", pa.float64()), ("peak", pa.float64()),
+    ("bbox_row0", pa.int64()), ("bbox_col0", pa.int64()), ("bbox_row1", pa.int64()),
+    ("bbox_col1", pa.int64()), ("snr", pa.float64()), ("visible", pa.bool_()),
+])
+
+# Errors that mean "the catalog is not there right now": spool and retry later.
+_UNAVAILABLE = (httpx.TransportError, httpx.HTTPStatusError, ConnectionError, TimeoutError,
+                OSError)
+
+
+def frame_row(index: int, omega: float, exposure: float, status: str, summary: dict | None,
+              seconds: float) -> dict:
+    """One row of the per-frame table."""
+    s = summary or {}
+    nan = float("nan")
+    return {"frame": int(index), "omega": float(omega), "exposure": float(exposure),
+            "status": status, "n_spots": int(s.get("n_spots", 0)),
+            "snr_mean": s.get("mean", nan), "snr_sd": s.get("sd", nan),
+            "snr_p5": s.get("p5", nan), "snr_p25": s.get("p25", nan),
+            "snr_p50": s.get("p50", nan), "snr_p75": s.get("p75", nan),
+            "snr_p95": s.get("p95", nan), "n_weak": int(s.get("n_below", 0)),
+            "fraction_weak": s.get("fraction_below", nan), "processing_seconds": float(seconds)}
+
+
+def _spot_rows(index: int, spots: pd.DataFrame) -> pa.Table:
+    table = spots.rename(columns={"centroid_row": "row", "centroid_col": "col"}).copy()
+    table.insert(0, "frame", int(index))
+    columns = {}
+    for field in SPOT_SCHEMA:
+        values = table[field.name] if field.name in table else pd.Series(
+            [None] * len(table), dtype=object)
+        columns[field.name] = pa.array(values.to_numpy(), type=field.type, from_pandas=True)
+    return pa.table(columns, schema=SPOT_SCHEMA)
+
+
+@dataclass
+class _Result:
+    index: int
+    binary: np.ndarray | None
+    row: dict
+    spots: pd.DataFrame | None
+
+
+class ProcessedRunWriter:
+    """Writes one run's processed results to ``processed/<node>`` with a disk spool.
+
+    Parameters
+    ----------
+    client : tiled client root
+    node : str
+        Key under ``processed`` (the raw uid for live processing).
+    n_frames : int
+        Frames expected (the binary array is pre-allocated).
+    metadata : dict
+        Provenance stored on the node.
+    spool_dir : path-like
+        Where results wait while the catalog is unreachable.
+    retry_interval : float
+        Seconds between attempts to reach the catalog while it is away.
+    frame_shape : (int, int), optional
+        Known frame shape (from the descriptor); otherwise taken from the first good frame.
+    """
+
+    def __init__(self, client, node: str, n_frames: int, metadata: dict,
+                 spool_dir: str | os.PathLike, retry_interval: float = 2.0,
+                 frame_shape: tuple[int, int] | None = None):
+        if n_frames < 1:
+            raise ValueError(f"n_frames must be positive, got {n_frames}")
+        self.client = client
+        self.node_key = node
+        self.n_frames = int(n_frames)
+        self.metadata = {**metadata, "package_version": __version__, "status": "running",
+                         "n_frames": self.n_frames}
+        self.spool_dir = Path(spool_dir)
+        self.spool_dir.mkdir(parents=True, exist_ok=True)
+        self.retry_interval = retry_interval
+        self._node = None
+        self._binary = None
+        self._frames = None
+        self._spots = None
+        self._shape = tuple(int(v) for v in frame_shape) if frame_shape else None
+        self._down_since: float | None = None
+        self._last_try = 0.0
+        self.written = 0
+        self.spooled_total = 0
+
+    # ------------------------------------------------------------------ catalog nodes
+    def _ensure_nodes(self, shape: tuple[int, int]) -> None:
+        from tiled.structures.array import ArrayStructure, BuiltinDtype
+        from tiled.structures.core import StructureFamily
+        from tiled.structures.data_source import DataSource
+
+        if self._node is not None:
+            return
+        root = self.client
+        processed = root["processed"] if "processed" in root else root.create_container(
+            "processed", metadata={"description": "labdct-live processed LabDCT scans"})
+        if self.node_key in processed:
+            node = processed[self.node_key]
+        else:
+            node = processed.create_container(
+                self.node_key, metadata={**self.metadata, "frame_shape": list(shape)})
+        if "binary" not in node:
+            structure = ArrayStructure(
+                shape=(self.n_frames, *shape), chunks=((1,) * self.n_frames, (shape[0],),
+                                                       (shape[1],)),
+                dims=["frame", "y", "x"], data_type=BuiltinDtype.from_numpy_dtype(np.dtype("u1")))
+            node.new(StructureFamily.array, [DataSource(structure=structure,
+                                                        structure_family=StructureFamily.array)],
+                     key="binary", metadata={"description": "spot masks, 1 = spot"})
+        if "frames" not in node:
+            node.create_appendable_table(FRAME_SCHEMA, key="frames")
+        if "spots" not in node:
+            node.create_appendable_table(SPOT_SCHEMA, key="spots")
+        self._binary, self._frames, self._spots = node["binary"], node["frames"], node["spots"]
+        self._node = node
+
+    def _write_now(self, result: _Result) -> None:
+        if result.binary is not None:
+            self._ensure_nodes(result.binary.shape)
+            self._binary.write_block(result.binary[None], block=(result.index, 0, 0))
+        else:
+            if self._shape is None:
+                raise _NotReady
+            self._ensure_nodes(self._shape)
+        if result.spots is not None and len(result.spots):
+            self._spots.append_partition(0, _spot_rows(result.index, result.spots))
+        self._frames.append_partition(0, pa.Table.from_pylist([result.row], schema=FRAME_SCHEMA))
+        self.written += 1
+
+    # ---------------------------------------------------------------------------- spool
+    def _spool_files(self) -> list[Path]:
+        return sorted(self.spool_dir.glob("frame_*.npz"))
+
+    def _spool(self, result: _Result) -> None:
+        path = self.spool_dir / f"frame_{result.index:06d}.npz"
+        tmp = path.with_suffix(".tmp.npz")
+        spots = result.spots if result.spots is not None else pd.DataFrame()
+        np.savez(tmp, index=result.index,
+                 binary=result.binary if result.binary is not None else np.zeros((0, 0), np.uint8),
+                 row=json.dumps(result.row), spots=spots.to_json(orient="split"))
+        os.replace(tmp, path)
+        self.spooled_total += 1
+
+    @staticmethod
+    def _unspool(path: Path) -> _Result:
+        with np.load(path, allow_pickle=False) as z:
+            binary = z["binary"]
+            spots = pd.read_json(io.StringIO(str(z["spots"])), orient="split")
+            return _Result(int(z["index"]), binary if binary.size else None,
+                           json.loads(str(z["row"])), spots)
+
+    @property
+    def pending(self) -> int:
+        """Results waiting in the spool."""
+        return len(self._spool_files())
+
+    def _try_flush(self, force: bool = False) -> bool:
+        """Write spooled results; True when the spool is empty."""
+        files = self._spool_files()
+        if not files:
+            self._down_since = None
+            return True
+        now = time.monotonic()
+        if not force and now - self._last_try < self.retry_interval:
+            return False
+        self._last_try = now
+        try:
+            httpx.get(f"{self._base_uri()}/healthz", timeout=2.0).raise_for_status()
+            for path in files:
+                self._write_now(self._unspool(path))
+                path.unlink()
+        except _NotReady:
+            return False
+        except _UNAVAILABLE as exc:
+            logger.info("catalog still unreachable (%s); %d results spooled", exc, len(files))
+            return False
+        logger.warning("catalog back: wrote %d spooled results", len(files))
+        self._down_since = None
+        return True
+
+    def _base_uri(self) -> str:
+        return str(self.client.context.api_uri).rstrip("/").removesuffix("/api/v1")
+
+    # ----------------------------------------------------------------------------- API
+    def write(self, index: int, binary: np.ndarray | None, row: dict,
+              spots: pd.DataFrame | None) -> str:
+        """Write one frame's results, or spool them; returns ``"written"`` or ``"spooled"``.
+
+        ``binary`` is None for a frame that failed (its row records the error; the binary
+        array keeps zeros there).
+        """
+        if binary is not None:
+            self._shape = tuple(binary.shape)
+        result = _Result(index, binary, row, spots)
+        if self._down_since is not None or self._spool_files():
+            if not self._try_flush():
+                self._spool(result)
+                return "spooled"
+        try:
+            self._write_now(result)
+            return "written"
+        except _NotReady:
+            self._spool(result)
+            return "spooled"
+        except _UNAVAILABLE as exc:
+            logger.warning("catalog unreachable (%s): spooling results to %s", exc,
+                           self.spool_dir)
+            self._down_since = time.monotonic()
+            self._last_try = time.monotonic()
+            self._spool(result)
+            return "spooled"
+
+    def finalize(self, counts: dict, timeout: float = 120.0) -> bool:
+        """Flush the spool (retrying up to ``timeout`` s) and mark the node complete.
+
+        Returns False when results remain spooled (the catalog stayed away); they stay on
+        disk in :attr:`spool_dir` and a later :meth:`finalize` writes them.
+        """
+        deadline = time.monotonic() + timeout
+        while not self._try_flush(force=True):
+            if time.monotonic() > deadline:
+                logger.error("catalog unreachable for %.0f s: %d results stay spooled in %s",
+                             timeout, self.pending, self.spool_dir)
+                return False
+            time.sleep(self.retry_interval)
+        status = "complete-with-errors" if counts.get("failed") else "complete"
+        try:
+            if self._node is None and self._shape is not None:
+                self._ensure_nodes(self._shape)
+            if self._node is not None:
+                self._node.update_metadata({"status": status, "counts": counts})
+        except _UNAVAILABLE as exc:
+            logger.error("could not mark the processed node complete: %s", exc)
+            return False
+        return True
+
+
+class _NotReady(Exception):
+    """A failed frame arrived before any good one: the array shape is not known yet."""
