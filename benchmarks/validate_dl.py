@@ -45,6 +45,12 @@ from labdct_live.segment import (  # noqa: E402
 TUNED = RoutineParams(window=11, background=20.0, sigma=1.0, percent=0.05, min_size=10)
 
 
+def _model_name(path: str) -> str:
+    """A checkpoint's name: its file stem, or its run folder for a training run's model.pt."""
+    p = Path(path)
+    return p.parent.name if p.stem in ("model", "best", "last") else p.stem
+
+
 def scan_geometry(name: str, projections: int):
     if name == "D35":
         return d35_geometry(2032, projections)
@@ -80,7 +86,8 @@ def main() -> None:
     tuned = TUNED
     if args.tuned:
         tuned = RoutineParams(**json.loads(Path(args.tuned).read_text())["params"])
-    denoisers = {Path(m).stem: Denoiser(m, threads=args.threads) for m in args.models.split(",")}
+    denoisers = {_model_name(m): Denoiser(m, threads=args.threads)
+                 for m in args.models.split(",")}
 
     # ---- calibrate each model's threshold on a separate scan (D35, sample seed 9)
     spec, geometry = d35_geometry(2032, 37)

@@ -87,7 +87,7 @@ def main() -> None:
                   f"{describe(np.concatenate([v for n in names for v in per_acq[n]]))}")
     everything = np.concatenate([v for vals in per_acq.values() for v in vals])
     print(f"  {'all':28s} {describe(everything)}")
-    print(f"  paper (Fig. S1): 0.1 to 28")
+    print("  paper (Fig. S1): 0.1 to 28")
 
     import matplotlib
 

@@ -368,7 +368,6 @@ class ProceduralBackground:
         near_r = (r >= r0 - reach) & (r <= r1 + reach)
         near_c = (c >= c0 - reach) & (c <= c1 + reach)
         inside_r = (r >= r0) & (r <= r1)
-        inside_c = (c >= c0) & (c <= c1)
         strips = (
             (near_r & (r < r0), near_c),
             (near_r & (r > r1), near_c),

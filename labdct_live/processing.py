@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .io import FrameReadError
+from .io import check_frame as io_check_frame
 from .segment import RoutineParams, StandardRoutine, label_spots, spot_table, threshold_segment
 from .snr import spot_snr, snr_summary
 
@@ -38,26 +40,22 @@ METHODS = ("auto", "dl", "routine")
 WEAK_SNR = 2.0
 
 
-class FrameError(ValueError):
-    """A frame that cannot be processed (wrong shape or dtype, NaNs, corrupt)."""
+#: A frame that cannot be processed (wrong shape or dtype, NaNs, corrupt).
+FrameError = FrameReadError
 
 
 def check_frame(frame: Any, shape: tuple[int, int] | None = None) -> np.ndarray:
-    """Validate one detector frame; returns it as an array or raises :class:`FrameError`."""
+    """A detector frame checked by :func:`labdct_live.io.check_frame`, with a leading axis of
+    length 1 dropped and its shape checked against the scan's; raises :class:`FrameError`."""
     try:
         frame = np.asarray(frame)
     except Exception as exc:  # noqa: BLE001 - any failure to make an array is a bad frame
         raise FrameError(f"not an image: {exc}") from exc
     if frame.ndim == 3 and frame.shape[0] == 1:
         frame = frame[0]
-    if frame.ndim != 2:
-        raise FrameError(f"expected a 2-D frame, got shape {frame.shape}")
+    frame = io_check_frame(frame)
     if shape is not None and frame.shape != tuple(shape):
         raise FrameError(f"frame shape {frame.shape} differs from the scan's {tuple(shape)}")
-    if not (np.issubdtype(frame.dtype, np.integer) or np.issubdtype(frame.dtype, np.floating)):
-        raise FrameError(f"frame dtype {frame.dtype} is not numeric")
-    if np.issubdtype(frame.dtype, np.floating) and not np.isfinite(frame).all():
-        raise FrameError("frame contains NaN or infinite values")
     return frame
 
 

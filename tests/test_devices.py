@@ -17,18 +17,9 @@ from labdct_live.devices import (
     scaled_geometry,
 )
 from labdct_live.geometry import Geometry
-from labdct_live.microstructure import SampleSpec, make_sample
 from labdct_live.presets import preset
-from labdct_live.simulate import Simulator
 
 SHAPE = (256, 256)
-
-
-@pytest.fixture(scope="module")
-def simulator():
-    geometry = scaled_geometry(Geometry(), SHAPE)
-    spec = SampleSpec("Al", 0.06, 0.06, n_grains=8, name="tiny")
-    return Simulator(make_sample(spec, seed=1), geometry)
 
 
 def make_detector(simulator, **kwargs):

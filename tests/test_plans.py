@@ -13,9 +13,7 @@ import pytest
 from bluesky import RunEngine
 from event_model import DocumentNames, schema_validators
 
-from labdct_live.devices import HDF5_DATASET, LabDCTDetector, make_rotation_stage, scaled_geometry
-from labdct_live.geometry import Geometry
-from labdct_live.microstructure import SampleSpec, make_sample
+from labdct_live.devices import HDF5_DATASET, LabDCTDetector, make_rotation_stage
 from labdct_live.plans import (
     PlanError,
     adaptive_exposure_scan,
@@ -23,17 +21,9 @@ from labdct_live.plans import (
     next_exposure,
     scan_omegas,
 )
-from labdct_live.simulate import Simulator
 from labdct_live.snr import exposure_for_snr, snr_summary, spot_snr
 
 SHAPE = (256, 256)
-
-
-@pytest.fixture(scope="module")
-def simulator():
-    geometry = scaled_geometry(Geometry(), SHAPE)
-    spec = SampleSpec("Al", 0.06, 0.06, n_grains=8, name="tiny")
-    return Simulator(make_sample(spec, seed=1), geometry)
 
 
 def make_detector(simulator, **kwargs):

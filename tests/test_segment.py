@@ -341,8 +341,11 @@ def test_cli_segment_multi_frame_stack(tmp_path):
 
 def test_cli_dl_method_says_what_is_missing(tmp_path, capsys):
     _write_frames(tmp_path / "in", np.zeros((11, 8, 8), np.uint16))
-    assert main(["segment", "--method", "dl", str(tmp_path / "in"), str(tmp_path / "out")]) == 2
-    assert "the dl method needs the U-Net (not installed yet)" in capsys.readouterr().err
+    missing = tmp_path / "no-such-model.pt"
+    assert main(["segment", "--method", "dl", "--model", str(missing), str(tmp_path / "in"),
+                 str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "--method dl" in err and "no-such-model.pt" in err
     assert not (tmp_path / "out").exists()
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import tempfile
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -303,7 +302,7 @@ class LiveProcessor(DocumentRouter):
             self.writer = ProcessedRunWriter(
                 self._client(), self.node_key, n, meta, self._spool_root / "results",
                 retry_interval=self.config.retry_interval, frame_shape=self.frame_shape)
-        outcome = self.writer.write(index, binary, row, spots)
+        self.writer.write(index, binary, row, spots)
         self.counts["written"] = self.writer.written
         self.counts["spooled_results"] = self.writer.spooled_total
 
