@@ -127,7 +127,12 @@ class DLMethod(ProcessingMethod):
         self.threshold = float(self.denoiser.threshold if threshold is None else threshold)
         self.min_size = int(min_size)
         self.exclude = exclude
-        self._model_file = model if isinstance(model, (str, Path)) else None
+        if model is None:  # the shipped model: its file is the provenance
+            from .models import pretrained_path
+
+            self._model_file = pretrained_path()
+        else:
+            self._model_file = model if isinstance(model, (str, Path)) else None
 
     def push(self, index: int, frame: np.ndarray) -> list[ProcessedFrame]:
         t0 = time.perf_counter()
