@@ -2,13 +2,15 @@
 # Loss ablation (issue 4): the same compact_s4 network, data, steps and seed for each loss,
 # then spot F1 by SNR bin on held-out frames (benchmarks/validate_dl.py).
 #
-#   benchmarks/loss_ablation.sh CACHE_DIR OUT_DIR [STEPS]
+#   LOSSES="mse mse+dice bce+dice" benchmarks/loss_ablation.sh CACHE_DIR OUT_DIR [STEPS]
 #
 # CACHE_DIR: a projection cache from `labdct-live synth ... --out DIR` (DIR/projections).
+# LOSSES defaults to the three segmentation-oriented losses; add "paper" (MSE + VGG16
+# feature and Gram terms) where a GPU makes its VGG16 forward passes affordable.
 set -euo pipefail
 cache=$1; out=$2; steps=${3:-1200}
 bin=$(dirname "$0")/../.venv/bin
-for loss in mse mse+dice bce+dice paper; do
+for loss in ${LOSSES:-mse mse+dice bce+dice}; do
   name=${loss//+/_}
   [ -f "$out/$name/model.pt" ] && continue
   "$bin/labdct-live" train --data on-the-fly --cache "$cache" --steps "$steps" --batch-size 8 \
