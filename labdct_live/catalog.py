@@ -9,6 +9,12 @@ points at a tiled server backed by PostgreSQL (:func:`connect` with its URI and 
 
 The server registers bluesky-tiled-plugins' json-seq exporter for BlueskyRun nodes, so that
 ``run.documents()`` can replay a stored run.
+
+Tabular data (event rows, our frames and spots tables) is stored in SQLite
+(``tables.sqlite``), not DuckDB: with tiled 0.2.20, concurrent appends from the raw writer and
+the processed writer crashed the server's DuckDB storage ("No active transaction, cannot
+commit"). SQLite answers a conflicting write with "database is locked" (HTTP 500) instead,
+which both writers retry.
 """
 
 from __future__ import annotations
@@ -70,7 +76,7 @@ class CatalogServer:
     Parameters
     ----------
     directory : path-like
-        Where the catalog lives (``catalog.db``, ``data/``, ``storage.duckdb``, the server's
+        Where the catalog lives (``catalog.db``, ``data/``, ``tables.sqlite``, the server's
         config and log). Reused when it exists.
     readable_storage : list of path-like
         Directories whose files (e.g. detector HDF5 files) the catalog may register.

@@ -75,7 +75,7 @@ class LiveConfig:
     spool_dir: str | Path | None = None
     listeners: list = field(default_factory=list)
     end_of_scan: list = field(default_factory=list)
-    node_key: Callable[[str], str] = staticmethod(lambda uid: uid)
+    node_key: Callable[[str], str] = field(default=lambda uid: uid)
     extra_metadata: dict = field(default_factory=dict)
     retry_interval: float = 2.0
     finalize_timeout: float = 300.0
