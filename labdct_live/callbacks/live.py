@@ -107,7 +107,6 @@ class LiveProcessor(DocumentRouter):
         self._worker: threading.Thread | None = None
         self._descriptors: dict[str, dict] = {}
         self._image_key: str | None = None
-        self._external = False
         self._resources: dict[str, dict] = {}
         self._stream_resources: dict[str, dict] = {}
         self._datums: dict[str, dict] = {}
@@ -159,7 +158,6 @@ class LiveProcessor(DocumentRouter):
         if key is None or key not in keys:
             return  # a stream without images (e.g. baseline readings)
         self._image_key = key
-        self._external = bool(keys[key].get("external"))
         shape = [s for s in keys[key].get("shape", []) if s and s > 1]
         self.frame_shape = tuple(shape[-2:]) if len(shape) >= 2 else None
 
