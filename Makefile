@@ -23,7 +23,7 @@ demo: $(STAMP)
 
 ## The tests (not the slow ones) and the documentation build.
 test: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow" -q
+	$(BIN)/python -m pytest -m "not slow" -q --durations=15
 	$(BIN)/mkdocs build --strict --quiet --site-dir .site
 
 docs: $(STAMP)

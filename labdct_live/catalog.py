@@ -13,8 +13,10 @@ The server registers bluesky-tiled-plugins' json-seq exporter for BlueskyRun nod
 Tabular data (event rows, our frames and spots tables) is stored in SQLite
 (``tables.sqlite``), not DuckDB: with tiled 0.2.20, concurrent appends from the raw writer and
 the processed writer crashed the server's DuckDB storage ("No active transaction, cannot
-commit"). SQLite answers a conflicting write with "database is locked" (HTTP 500) instead,
-which both writers retry.
+commit"). tiled's SQLite connections would answer a conflicting write with "database is
+locked" (HTTP 500) at once; the server therefore runs through
+:mod:`labdct_live._tiled_server`, which makes them wait for the lock. Both writers still
+retry what fails.
 """
 
 from __future__ import annotations
@@ -118,12 +120,10 @@ class CatalogServer:
         config = self.directory / "tiled-config.yml"
         config.write_text(_config_yaml(self.directory, self.readable_storage, self.api_key,
                                        self.host, self.port))
-        tiled = Path(sys.executable).with_name("tiled")
-        command = [str(tiled)] if tiled.exists() else [sys.executable, "-m", "tiled"]
         log = open(self.directory / "server.log", "ab")
         self._process = subprocess.Popen(
-            [*command, "serve", "config", str(config)], stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True)
+            [sys.executable, "-m", "labdct_live._tiled_server", "serve", "config", str(config)],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -28,7 +28,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -94,6 +94,9 @@ class _Result:
     binary: np.ndarray | None
     row: dict
     spots: pd.DataFrame | None
+    #: Parts already in the catalog ("binary", "spots"): appends are not idempotent, so a
+    #: retry after a partial write must not append the spot rows a second time.
+    written: set[str] = field(default_factory=set)
 
 
 class ProcessedRunWriter:
@@ -171,15 +174,20 @@ class ProcessedRunWriter:
         self._node = node
 
     def _write_now(self, result: _Result) -> None:
+        """Write the parts of ``result`` not yet written; the frame row goes last, so a row
+        in the catalog means the frame is complete there."""
         if result.binary is not None:
             self._ensure_nodes(result.binary.shape)
-            self._binary.write_block(result.binary[None], block=(result.index, 0, 0))
+            if "binary" not in result.written:
+                self._binary.write_block(result.binary[None], block=(result.index, 0, 0))
+                result.written.add("binary")
         else:
             if self._shape is None:
                 raise _NotReady
             self._ensure_nodes(self._shape)
-        if result.spots is not None and len(result.spots):
+        if result.spots is not None and len(result.spots) and "spots" not in result.written:
             self._spots.append_partition(0, _spot_rows(result.index, result.spots))
+            result.written.add("spots")
         self._frames.append_partition(0, pa.Table.from_pylist([result.row], schema=FRAME_SCHEMA))
         self.written += 1
 
@@ -187,15 +195,16 @@ class ProcessedRunWriter:
     def _spool_files(self) -> list[Path]:
         return sorted(self.spool_dir.glob("frame_*.npz"))
 
-    def _spool(self, result: _Result) -> None:
+    def _spool(self, result: _Result, again: bool = False) -> None:
         path = self.spool_dir / f"frame_{result.index:06d}.npz"
         tmp = path.with_suffix(".tmp.npz")
         spots = result.spots if result.spots is not None else pd.DataFrame()
         np.savez(tmp, index=result.index,
                  binary=result.binary if result.binary is not None else np.zeros((0, 0), np.uint8),
-                 row=json.dumps(result.row), spots=spots.to_json(orient="split"))
+                 row=json.dumps(result.row), spots=spots.to_json(orient="split"),
+                 written=json.dumps(sorted(result.written)))
         os.replace(tmp, path)
-        self.spooled_total += 1
+        self.spooled_total += not again
 
     @staticmethod
     def _unspool(path: Path) -> _Result:
@@ -203,7 +212,7 @@ class ProcessedRunWriter:
             binary = z["binary"]
             spots = pd.read_json(io.StringIO(str(z["spots"])), orient="split")
             return _Result(int(z["index"]), binary if binary.size else None,
-                           json.loads(str(z["row"])), spots)
+                           json.loads(str(z["row"])), spots, set(json.loads(str(z["written"]))))
 
     @property
     def pending(self) -> int:
@@ -223,7 +232,12 @@ class ProcessedRunWriter:
         try:
             httpx.get(f"{self._base_uri()}/healthz", timeout=2.0).raise_for_status()
             for path in files:
-                self._write_now(self._unspool(path))
+                result = self._unspool(path)
+                try:
+                    self._write_now(result)
+                except BaseException:
+                    self._spool(result, again=True)  # keeps the parts written this time
+                    raise
                 path.unlink()
         except _NotReady:
             return False

@@ -20,6 +20,7 @@ Examples
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -138,12 +139,26 @@ class LiveSession:
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until the raw runs are in the catalog and every run's processing (and
-        end-of-scan work) is done."""
-        raw_done = self.raw_writer is None or self.raw_writer.flush(timeout)
-        return raw_done and all(p.wait(timeout) for p in self.processors)
+        end-of-scan work) is done; False when ``timeout`` seconds (in all) pass first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
 
-    def close(self) -> None:
-        self.wait(600)
+        def left() -> float | None:
+            return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+        raw_done = self.raw_writer is None or self.raw_writer.flush(left())
+        return raw_done and all(p.wait(left()) for p in self.processors)
+
+    def close(self, timeout: float = 600.0) -> None:
+        """Wait up to ``timeout`` s for pending work, then stop the embedded catalog.
+
+        Work still pending then is logged; results stay in the spool for a later session.
+        """
+        if not self.wait(timeout):
+            logger.error("closing with work pending after %.0f s: raw backlog %s, runs "
+                         "unfinished %d; spooled results stay in %s", timeout,
+                         self.raw_writer.backlog if self.raw_writer else 0,
+                         sum(not p.done.is_set() for p in self.processors),
+                         self.workdir / "spool")
         if self.server is not None:
             self.server.stop()
             self.server = None
@@ -151,5 +166,6 @@ class LiveSession:
     def __enter__(self) -> "LiveSession":
         return self.open()
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, *exc) -> None:
+        # After an error (or Ctrl-C) the scan may never have stopped: do not wait for it.
+        self.close(600.0 if exc_type is None else 10.0)

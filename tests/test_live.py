@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import subprocess
 import sys
 import textwrap
@@ -267,6 +268,8 @@ def test_zmq_worker_in_another_process_processes_a_published_scan(tmp_path):
                                    str(tmp_path / "spool")], env=env, stdout=subprocess.PIPE,
                                   text=True)
         try:
+            ready, _, _ = select.select([worker.stdout], [], [], 120)
+            assert ready, "the worker printed nothing within 120 s"
             assert "labdct-live worker" in worker.stdout.readline()
             time.sleep(1.5)  # PUB/SUB: let the subscription reach the proxy first
             session = LiveSession(tmp_path / "acq", catalog_uri=server.uri,
@@ -293,7 +296,11 @@ def test_zmq_worker_in_another_process_processes_a_published_scan(tmp_path):
         finally:
             for p in (worker, proxy):
                 p.terminate()
-                p.wait(20)
+                try:
+                    p.wait(20)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait(20)
 
 
 def test_a_scan_shorter_than_the_routine_window_is_accounted_for(tmp_path):

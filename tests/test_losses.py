@@ -104,7 +104,7 @@ def test_vgg16_loads_torchvision_layout_file(tmp_path, monkeypatch):
     reference = VGG16Features(["relu5_3"])  # all 30 feature modules
     state = {f"features.{k}": torch.randn_like(v)
              for k, v in reference.features.state_dict().items()}
-    state["classifier.0.weight"] = torch.zeros(4096, 25088)  # ignored
+    state["classifier.6.bias"] = torch.zeros(1000)  # classifier keys are ignored
     path = tmp_path / "vgg16.pth"
     torch.save(state, path)
     monkeypatch.setenv("LABDCT_VGG16_WEIGHTS", str(path))

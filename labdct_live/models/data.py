@@ -122,9 +122,10 @@ class _Prefetcher:
             raise item
         return item
 
-    def close(self) -> None:
+    def close(self, timeout: float = 60.0) -> None:
+        """Stop the thread; it finishes the item in hand first (bounded wait: it is a daemon)."""
         self._stop.set()
-        self._thread.join()
+        self._thread.join(timeout)
 
 
 def _batched(crops: Iterator[tuple], batch_size: int) -> Iterator[Batch]:
