@@ -81,10 +81,10 @@ def _spot_rows(index: int, spots: pd.DataFrame) -> pa.Table:
     table = spots.rename(columns={"centroid_row": "row", "centroid_col": "col"}).copy()
     table.insert(0, "frame", int(index))
     columns = {}
-    for field in SPOT_SCHEMA:
-        values = table[field.name] if field.name in table else pd.Series(
+    for column in SPOT_SCHEMA:
+        values = table[column.name] if column.name in table else pd.Series(
             [None] * len(table), dtype=object)
-        columns[field.name] = pa.array(values.to_numpy(), type=field.type, from_pandas=True)
+        columns[column.name] = pa.array(values.to_numpy(), type=column.type, from_pandas=True)
     return pa.table(columns, schema=SPOT_SCHEMA)
 
 

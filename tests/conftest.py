@@ -31,7 +31,7 @@ def simulator():
 #: The whole suite takes about 5 minutes on 2 cores. Past this limit (seconds) something hangs
 #: where pytest-timeout cannot reach (a thread stuck in C, a cleanup waiting on it): dump
 #: every thread's stack and exit, so CI fails with the place instead of running out its time.
-SESSION_LIMIT = float(os.environ.get("LABDCT_TEST_SESSION_LIMIT", 2700))
+SESSION_LIMIT = float(os.environ.get("LABDCT_TEST_SESSION_LIMIT", "2700"))
 
 _started = time.monotonic()
 
