@@ -42,6 +42,10 @@ class CatalogUnavailable(RuntimeError):
     """The catalog server could not be started or reached."""
 
 
+class _PortTaken(Exception):
+    """The server could not bind its port."""
+
+
 def _free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -99,6 +103,8 @@ class CatalogServer:
         self.readable_storage = [Path(p).resolve() for p in readable_storage]
         self.api_key = api_key or secrets.token_hex(16)
         self.host = host
+        self._port_given = port is not None
+        self._served = False
         self.port = port or _free_port(host)
         self._process: subprocess.Popen | None = None
 
@@ -111,7 +117,23 @@ class CatalogServer:
         return self._process is not None and self._process.poll() is None
 
     def start(self, timeout: float = 60.0) -> "CatalogServer":
-        """Start the server and wait until it answers."""
+        """Start the server and wait until it answers.
+
+        A port we chose ourselves can be taken by another process between choosing and
+        binding; on the first start the server then moves to a new port (twice at most). A
+        restart keeps its port: clients know the server by it.
+        """
+        for attempt in range(3):
+            try:
+                return self._start(timeout)
+            except _PortTaken:
+                if self._port_given or self._served or attempt == 2:
+                    raise CatalogUnavailable(f"port {self.port} is in use; see "
+                                             f"{self.directory / 'server.log'}") from None
+                self.port = _free_port(self.host)
+        raise AssertionError("unreachable")
+
+    def _start(self, timeout: float) -> "CatalogServer":
         if self.running:
             return self
         (self.directory / "data").mkdir(parents=True, exist_ok=True)
@@ -120,20 +142,29 @@ class CatalogServer:
         config = self.directory / "tiled-config.yml"
         config.write_text(_config_yaml(self.directory, self.readable_storage, self.api_key,
                                        self.host, self.port))
-        log = open(self.directory / "server.log", "ab")
+        log_path = self.directory / "server.log"
+        log = open(log_path, "ab")
+        log_start = log.tell()
         self._process = subprocess.Popen(
             [sys.executable, "-m", "labdct_live._tiled_server", "serve", "config", str(config)],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self._process.poll() is not None:
+            returncode = self._process.poll()
+            if returncode is not None:
+                self._process = None
+                with open(log_path, "rb") as f:
+                    f.seek(log_start)
+                    if b"address already in use" in f.read():
+                        raise _PortTaken
                 raise CatalogUnavailable(
-                    f"the tiled server exited with code {self._process.returncode}; see "
+                    f"the tiled server exited with code {returncode}; see "
                     f"{self.directory / 'server.log'}")
             try:
                 if httpx.get(f"{self.uri}/healthz", timeout=1.0).status_code == 200:
                     logger.info("tiled catalog %s serving %s", self.uri, self.directory)
+                    self._served = True
                     return self
             except httpx.HTTPError:
                 pass

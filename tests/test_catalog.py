@@ -97,3 +97,23 @@ def test_a_result_written_in_part_is_completed_without_duplicates(server, tmp_pa
     assert sorted(writer._frames.read().frame) == [0, 1]
     assert writer.finalize({"processed": 2})
     assert writer._node.metadata["status"] == "complete"
+
+
+def test_a_taken_port_moves_a_new_server_and_fails_a_given_one(tmp_path, monkeypatch):
+    """Between choosing a free port and the server binding it, another process may take it."""
+    import socket
+
+    import labdct_live.catalog as catalog
+
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        taken = blocker.getsockname()[1]
+        choices = iter([taken])
+        free_port = catalog._free_port
+        monkeypatch.setattr(catalog, "_free_port",
+                            lambda host: next(choices, None) or free_port(host))
+        with CatalogServer(tmp_path / "moved") as server:
+            assert server.port != taken and server.client() is not None
+        with pytest.raises(catalog.CatalogUnavailable, match=f"port {taken} is in use"):
+            CatalogServer(tmp_path / "given", port=taken).start()

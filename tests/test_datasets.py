@@ -174,8 +174,6 @@ def test_stream_tensors_deterministic_and_workers_differ(cache):
     assert torch.equal(x, x2)
     # forkserver: the parent has run numba-parallel code (LoG targets), which forked workers
     # must not inherit (GNU OpenMP is not fork-safe)
-    # forkserver: the parent has run numba-parallel code (LoG targets), which forked workers
-    # must not inherit (GNU OpenMP is not fork-safe)
     loader = torch.utils.data.DataLoader(stream, batch_size=2, num_workers=2,
                                          multiprocessing_context="forkserver")
     it = iter(loader)
@@ -220,8 +218,10 @@ def test_write_and_read_pair_dataset(cache, tmp_path):
         write_pair_dataset(path, cache, 2, progress=False)
     with pytest.raises(IndexError):
         train[15]
-    # DataLoader workers open the file themselves
-    batch = next(iter(torch.utils.data.DataLoader(train, batch_size=4, num_workers=1)))
+    # DataLoader workers open the file themselves (forkserver: see above)
+    loader = torch.utils.data.DataLoader(train, batch_size=4, num_workers=1,
+                                         multiprocessing_context="forkserver")
+    batch = next(iter(loader))
     assert batch[0].shape == (4, 1, 32, 32)
 
 

@@ -28,7 +28,7 @@ def test_profile_startup_runs_a_scan_end_to_end(tmp_path):
     env = {**os.environ, "LABDCT_WORKDIR": str(tmp_path / "work"), "LABDCT_SAMPLE": "D18",
            "LABDCT_DETECTOR": "256x256", "LABDCT_METHOD": "routine", "LABDCT_EXPORT": "grainrecon"}
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
-                         text=True, timeout=300)
+                         text=True, timeout=240)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "FRAMES " + str(list(range(13))) + " routine" in out.stdout
     exports = list((tmp_path / "work" / "export").glob("*/grainrecon/proj0001.tif"))
