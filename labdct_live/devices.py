@@ -198,14 +198,15 @@ class _HDF5FrameWriter:
             chunks=(1, rows, cols), dtype=np.uint16)
         self._file.swmr_mode = True  # readers may open the file with swmr=True while we write
 
-    def append(self, frame: np.ndarray) -> int:
-        """Write a frame, flush it, and return its index in the file."""
-        index = self.n_frames
-        self._dataset.resize(index + 1, axis=0)
+    def write(self, frame: np.ndarray, index: int) -> None:
+        """Write a frame at ``index`` (the next one, or one written before again) and flush."""
+        if not 0 <= index <= self.n_frames:
+            raise IndexError(f"frame {index} of a file holding {self.n_frames} frames")
+        if index == self.n_frames:
+            self._dataset.resize(index + 1, axis=0)
+            self.n_frames = index + 1
         self._dataset[index] = frame
         self._dataset.flush()
-        self.n_frames = index + 1
-        return index
 
     def close(self) -> None:
         self._complete[()] = 1
@@ -382,6 +383,9 @@ class LabDCTDetector(Device):
         self._compose_datum = None
         self._resource_sent = False
         self._announced = 0
+        self._next_position = 0  # where the next triggered frame goes in the file
+        self._generation = 0  # advanced at each pause: frames of older triggers are dropped
+        self._write_lock = threading.Lock()
         self.last_projection: Projection | None = None
         self.last_file: Path | None = None
 
@@ -477,6 +481,7 @@ class LabDCTDetector(Device):
     def stage(self):
         staged = super().stage()
         self._frame_counter = 0
+        self._next_position = 0
         if self.mode == "stream":
             try:
                 self._open_stream()
@@ -524,14 +529,22 @@ class LabDCTDetector(Device):
         exposure = float(self.exposure.get())
         frame_index = self._frame_counter
         self._frame_counter += 1
+        with self._write_lock:
+            position, generation = self._next_position, self._generation
+            self._next_position += 1
 
         def acquire() -> None:
             try:
                 frame, projection = self.simulate_frame(omega, exposure, frame_index)
-                if self._writer is not None:
-                    self._writer.append(frame)
-                self.last_projection = projection
-                self.image.put(frame)
+                with self._write_lock:
+                    if generation != self._generation:
+                        logger.info("%s: frame %d dropped: its step was taken again",
+                                    self.name, frame_index)
+                    else:
+                        if self._writer is not None:
+                            self._writer.write(frame, position)
+                        self.last_projection = projection
+                        self.image.put(frame)
             except Exception as exc:
                 logger.exception("%s: frame %d at omega %.3f failed", self.name, frame_index, omega)
                 status.set_exception(exc)
@@ -540,6 +553,18 @@ class LabDCTDetector(Device):
 
         threading.Thread(target=acquire, name=f"{self.name}-acquire", daemon=True).start()
         return status
+
+    def pause(self) -> None:
+        """Called by the RunEngine when it pauses: it will rewind to the last checkpoint.
+
+        Frames triggered since and not yet announced will never be read; the triggers that
+        redo them write to the same places in the file (so it holds one frame per event, in
+        order, with no gap), and a superseded frame still exposing is dropped when it ends.
+        """
+        super().pause()
+        with self._write_lock:
+            self._generation += 1
+            self._next_position = self._announced
 
     def get_index(self) -> int:
         """Number of frames written to this run's file (``WritesStreamAssets``)."""
@@ -552,15 +577,15 @@ class LabDCTDetector(Device):
         ----------
         index : int or None
             Announce frames up to this index (fly scans, ``collect``). None (a step scan's
-            ``read``) announces the newest frame only: a frame taken again after a rewind
-            replaces the one that was never read.
+            ``read``) announces the newest frame (a frame taken again after a rewind has
+            replaced the one that was never read, see :meth:`pause`).
         """
         if self._writer is None:
             return
         if not self._resource_sent:
             self._resource_sent = True
             yield "stream_resource", self._stream_resource
-        written = self._writer.n_frames
+        written = min(self._writer.n_frames, self._next_position)
         if index is None:
             stop, start = written, max(self._announced, written - 1)
         else:

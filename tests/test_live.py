@@ -211,6 +211,44 @@ def test_catalog_stopped_mid_scan_and_restarted_loses_nothing(tmp_path, monkeypa
         assert not session.raw_writer.failed
 
 
+def test_pause_during_an_exposure_and_resume_keep_one_frame_per_event(tmp_path, caplog):
+    """A pause interrupting an exposure rewinds the step: the frame is taken again. The file
+    must hold one frame per event with no gap (bluesky-tiled-plugins' TiledWriter reads the
+    raw frames as one contiguous block), and the interrupted frame, finishing late, must
+    not overwrite the new one."""
+    import logging
+
+    import h5py
+    from bluesky.utils import RunEngineInterrupted
+
+    caplog.set_level(logging.INFO, logger="labdct_live.devices")
+    with _session(tmp_path) as session:
+        detector, rotation = session.simulated_instrument("D18", detector_shape=SHAPE, seed=9)
+        simulate_frame = detector.simulate_frame
+        interrupted = 4  # frame index (counted per trigger) that the pause hits
+
+        def slow_exposure(omega, exposure, frame_index=0):
+            if frame_index == interrupted:
+                threading.Timer(0.2, session.RE.request_pause, kwargs={"defer": False}).start()
+                time.sleep(1.0)  # still exposing when the scan resumes
+            return simulate_frame(omega, exposure, frame_index)
+
+        detector.simulate_frame = slow_exposure
+        with pytest.raises(RunEngineInterrupted):
+            session.RE(labdct_scan(detector, rotation, step=STEP, exposure=2.0))
+        (uid,) = session.RE.resume()
+        assert session.wait(120)
+        assert "frame 4 dropped: its step was taken again" in caplog.text
+        with h5py.File(detector.last_file, "r", swmr=True) as f:
+            written = f["/entry/data/data"][:]
+        assert written.shape == (N, *SHAPE)
+        raw = session.client[uid]["primary"]["labdct_image"].read()
+        np.testing.assert_array_equal(raw, written)
+        frames = session.client["processed"][uid]["frames"].read()
+        assert sorted(frames.frame) == list(range(N)) and (frames.status == "ok").all()
+        assert session.processors[0].counts["processed"] == N
+
+
 def test_adaptive_plan_follows_the_live_monitor(tmp_path):
     """The plan takes the monitor's live SNR (lagging behind the scan by the routine's
     window) without stalling, and moves the exposure the way that SNR says.
