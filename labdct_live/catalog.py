@@ -116,7 +116,7 @@ class CatalogServer:
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
-    def start(self, timeout: float = 60.0) -> "CatalogServer":
+    def start(self, timeout: float = 120.0) -> "CatalogServer":
         """Start the server and wait until it answers.
 
         A port we chose ourselves can be taken by another process between choosing and

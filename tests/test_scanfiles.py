@@ -64,4 +64,17 @@ def test_simulate_refuses_to_overwrite_and_reports_bad_input(scan_dir, capsys):
     assert "D99" in capsys.readouterr().err
     assert main(["simulate", "--projections", "0", "--out", str(scan_dir.parent / "y")]) == 2
     assert "projections" in capsys.readouterr().err
-    assert not (scan_dir.parent / "x").exists() and not (scan_dir.parent / "y").exists()
+    assert main(["simulate", "--size-spread", "wide", "--out", str(scan_dir.parent / "z")]) == 2
+    assert "--size-spread" in capsys.readouterr().err
+    assert main(["simulate", "--sample", "Fe-exp", "--size-spread", "paper",
+                 "--out", str(scan_dir.parent / "z")]) == 2
+    assert "no grain-size spread for 'Fe-exp'" in capsys.readouterr().err
+    assert not any((scan_dir.parent / name).exists() for name in "xyz")
+
+
+def test_paper_size_spread_preset():
+    from labdct_live.presets import PAPER_SIZE_SPREAD, preset
+
+    spec, _ = preset("D35", size_spread="paper")
+    assert spec.size_spread == PAPER_SIZE_SPREAD["D35"] == pytest.approx(8.2 / 35.8)
+    assert preset("D35")[0].size_spread == 0 and preset("D35", 0.3)[0].size_spread == 0.3

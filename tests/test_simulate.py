@@ -10,7 +10,7 @@ from scipy.spatial.transform import Rotation
 from labdct_live.crystal import MATERIALS
 from labdct_live.geometry import Geometry
 from labdct_live.microstructure import (
-    SampleSpec, make_sample, random_orientations, single_crystal_sample)
+    SampleSpec, cell_tree, make_sample, random_orientations, single_crystal_sample)
 from labdct_live.simulate import Simulator
 
 HC = 12.398419843
@@ -215,6 +215,7 @@ def test_frame_layout_background_and_beamstop():
          "mean_grain_size"),
         (lambda: SampleSpec("Cu", 0.1, 0.15), "Cu"),
         (lambda: SampleSpec("Al", 0.0, 0.15), "diameter"),
+        (lambda: SampleSpec("Al", 0.1, 0.15, size_spread=-0.1), "size_spread"),
     ],
 )
 def test_bad_input_names_the_parameter(build, name):
@@ -233,3 +234,31 @@ def test_crystal_families_and_multiplicities():
     f = (6.4202 * np.exp(-3.0387 * s**2) + 1.9002 * np.exp(-0.7426 * s**2)
          + 1.5936 * np.exp(-31.5472 * s**2) + 1.9646 * np.exp(-85.0886 * s**2) + 1.1151)
     assert refl.f_squared[0] == pytest.approx(16 * f**2 * np.exp(-16 * np.pi**2 * 0.01 * s**2))
+
+
+def test_cell_tree_assigns_points_to_their_laguerre_cell():
+    """The lifted KD-tree equals brute-force argmin |x - s|² - w (and Voronoi without w)."""
+    rng = np.random.default_rng(3)
+    seeds, points = rng.random((40, 3)), rng.random((500, 3))
+    weights = 0.05 * rng.random(40)
+    power = ((points[:, None] - seeds[None]) ** 2).sum(-1) - weights[None]
+    _, nearest = cell_tree(seeds, weights).query(np.column_stack([points, np.zeros(500)]))
+    np.testing.assert_array_equal(nearest, power.argmin(1))
+    _, nearest = cell_tree(seeds).query(points)
+    np.testing.assert_array_equal(nearest, (power + weights[None]).argmin(1))
+
+
+@pytest.mark.parametrize("spread", [0.0, 0.3])
+def test_size_spread_sets_the_spread_of_grain_diameters(spread):
+    spec = SampleSpec("Al", 0.1, 0.15, n_grains=230, size_spread=spread)
+    sample = make_sample(spec, seed=4)
+    diameter = sample.grains.diameter
+    cv = diameter.std() / diameter.mean()
+    if spread == 0:
+        assert cv < 0.15  # Voronoi cells with a hard core are nearly uniform
+    else:
+        assert abs(cv - spread) < 0.06
+    assert sample.n_grains == 230  # no empty cell at this spread
+    assert abs(diameter.mean() / spec.typical_grain_size - 1) < 0.15
+    inside = sample.grain_ids > 0
+    assert set(np.unique(sample.grain_ids[inside])) == set(range(1, 231))

@@ -16,6 +16,9 @@ def add_simulation_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--omega-step", type=float, default=None,
                    help="rotation step in degrees (default: 360 / (projections - 1))")
     p.add_argument("--seed", type=int, default=1, help="random seed of the sample (default 1)")
+    p.add_argument("--size-spread", default=None, metavar="CV|paper",
+                   help="SD/mean of the grain sizes (Laguerre grains), or 'paper' for Table 1's "
+                        "(default: the preset's Voronoi grains, about 0.1)")
     p.add_argument("--lss", type=float, default=None, help="source-sample distance, mm")
     p.add_argument("--lsd", type=float, default=None, help="sample-detector distance, mm")
     p.add_argument("--detector", type=int, nargs=2, metavar=("ROWS", "COLS"), default=None,
@@ -29,7 +32,13 @@ def build_acquisition(args: argparse.Namespace):
     from ..microstructure import make_sample
     from ..presets import preset
 
-    spec, geometry = preset(args.sample)
+    spread = getattr(args, "size_spread", None)
+    if spread not in (None, "paper"):
+        try:
+            spread = float(spread)
+        except ValueError:
+            raise ValueError(f"--size-spread must be a number or 'paper', got {spread!r}") from None
+    spec, geometry = preset(args.sample, size_spread=spread)
     changes = {}
     if args.projections is not None:
         if args.projections < 1:
