@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import faulthandler
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -28,21 +28,40 @@ def simulator():
     return Simulator(make_sample(spec, seed=1), geometry)
 
 
-#: The whole suite takes about 5 minutes on 2 cores. Past this limit (seconds) something hangs
-#: where pytest-timeout cannot reach (a thread stuck in C, a cleanup waiting on it): dump
-#: every thread's stack and exit, so CI fails with the place instead of running out its time.
+#: The whole suite takes about 3-5 minutes on 2 cores. Past this limit (seconds) something
+#: hangs where pytest-timeout cannot reach (a thread stuck in C, a cleanup waiting on it): a
+#: watchdog process sends SIGABRT, on which faulthandler (enabled by pytest) prints every
+#: thread's stack and the run ends, so CI fails with the place instead of running out its time.
+#: (faulthandler's own timer cannot serve: pytest's faulthandler_timeout resets it per test.)
 SESSION_LIMIT = float(os.environ.get("LABDCT_TEST_SESSION_LIMIT", "2700"))
 
 _started = time.monotonic()
+_watchdog: subprocess.Popen | None = None
+
+_WATCHDOG = """
+import os, signal, sys, time
+pid, limit = int(sys.argv[1]), float(sys.argv[2])
+deadline = time.monotonic() + limit
+while time.monotonic() < deadline:
+    time.sleep(1.0)
+    if os.getppid() != pid:  # pytest has ended: nothing to stop
+        sys.exit(0)
+sys.stderr.write(f"tests/conftest.py: the test session passed {limit:.0f} s; aborting it\\n")
+os.kill(pid, signal.SIGABRT)
+"""
 
 
 def pytest_sessionstart(session):
+    global _watchdog
     if SESSION_LIMIT > 0:
-        faulthandler.dump_traceback_later(SESSION_LIMIT, exit=True, file=sys.__stderr__)
+        _watchdog = subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid()),
+                                      str(SESSION_LIMIT)])
 
 
 def pytest_sessionfinish(session, exitstatus):
-    faulthandler.cancel_dump_traceback_later()
+    if _watchdog is not None:
+        _watchdog.kill()
+        _watchdog.wait()
 
 
 def pytest_terminal_summary(terminalreporter):
