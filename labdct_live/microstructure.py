@@ -59,8 +59,9 @@ class SampleSpec:
         0 (default): Voronoi cells, whose sizes are nearly uniform (SD/mean of the diameters
         about 0.1). Above 0: a Laguerre (power) tessellation whose seeds carry log-normal
         radii with this coefficient of variation, packed so that no two seeds are closer
-        than the sum of their radii; the grains' diameters then spread about as widely
-        (see :func:`make_sample`).
+        than the sum of their radii (in units of half the seed spacing) and each seed lies
+        in its own cell; the SD/mean of the grain diameters is then close to this value
+        (0.26-0.28 for 0.3; see :func:`hard_core_seeds` and :func:`cell_tree`).
     name : str
         A label, e.g. the preset's name.
     """
