@@ -25,6 +25,7 @@ from pathlib import Path
 
 import httpx
 
+from labdct_live.catalog import tiled_config_yaml
 from labdct_live.plans import labdct_scan
 from labdct_live.session import LiveSession
 
@@ -61,27 +62,10 @@ def _start_tiled(root: Path, pg_port: int, raw: Path, api_key: str) -> tuple[sub
     port = _free_port()
     config = root / "tiled-config.yml"
     (root / "data").mkdir()
-    config.write_text(f"""\
-authentication:
-  single_user_api_key: "{api_key}"
-trees:
-  - path: /
-    tree: catalog
-    args:
-      uri: "postgresql+asyncpg://tiled@127.0.0.1:{pg_port}/catalog"
-      init_if_not_exists: true
-      writable_storage:
-        - "{root / 'data'}"
-        - "postgresql://tiled@127.0.0.1:{pg_port}/storage"
-      readable_storage:
-        - "{raw}"
-media_types:
-  BlueskyRun:
-    application/json-seq: bluesky_tiled_plugins.exporters:json_seq_exporter
-uvicorn:
-  host: 127.0.0.1
-  port: {port}
-""")
+    config.write_text(tiled_config_yaml(
+        root, [raw], api_key, "127.0.0.1", port,
+        catalog_uri=f"postgresql+asyncpg://tiled@127.0.0.1:{pg_port}/catalog",
+        table_uri=f"postgresql://tiled@127.0.0.1:{pg_port}/storage"))
     tiled = Path(sys.executable).with_name("tiled")
     log = open(root / "tiled.log", "ab")
     server = subprocess.Popen([str(tiled), "serve", "config", str(config)], stdout=log,

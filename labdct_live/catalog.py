@@ -52,7 +52,13 @@ def _free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def _config_yaml(directory: Path, readable: list[Path], api_key: str, host: str, port: int) -> str:
+def tiled_config_yaml(directory: Path, readable: list[Path], api_key: str, host: str,
+                      port: int, catalog_uri: str | None = None,
+                      table_uri: str | None = None) -> str:
+    """A ``tiled serve config`` file: files in ``directory/data``, the catalog and the tables
+    in SQLite files of ``directory`` unless database URIs are given (e.g. PostgreSQL)."""
+    catalog_uri = catalog_uri or f"sqlite:///{directory / 'catalog.db'}"
+    table_uri = table_uri or f"sqlite:///{directory / 'tables.sqlite'}"
     readable_list = "".join(f"\n        - {p}" for p in readable) or " []"
     return f"""\
 authentication:
@@ -61,11 +67,11 @@ trees:
   - path: /
     tree: catalog
     args:
-      uri: "sqlite:///{directory / 'catalog.db'}"
+      uri: "{catalog_uri}"
       init_if_not_exists: true
       writable_storage:
         - "{directory / 'data'}"
-        - "sqlite:///{directory / 'tables.sqlite'}"
+        - "{table_uri}"
       readable_storage:{readable_list}
 media_types:
   BlueskyRun:
@@ -140,7 +146,7 @@ class CatalogServer:
         for p in self.readable_storage:
             p.mkdir(parents=True, exist_ok=True)
         config = self.directory / "tiled-config.yml"
-        config.write_text(_config_yaml(self.directory, self.readable_storage, self.api_key,
+        config.write_text(tiled_config_yaml(self.directory, self.readable_storage, self.api_key,
                                        self.host, self.port))
         log_path = self.directory / "server.log"
         log = open(log_path, "ab")
