@@ -12,8 +12,8 @@ Layout (readable with a plain ``tiled.client``, no labdct_live import)::
         frames    table, one row per frame: frame, omega, exposure, status, n_spots,
                   snr_mean, snr_sd, snr_p5, snr_p25, snr_p50, snr_p75, snr_p95, n_weak,
                   fraction_weak, processing_seconds
-        spots     table, one row per spot: frame, label, row, col, area, intensity, peak,
-                  bbox_row0, bbox_col0, bbox_row1, bbox_col1, snr, visible
+        spots     table, one row per spot: the columns of
+                  :data:`labdct_live.spot_schema.SPOT_COLUMNS`
 
 Writing: the binary array is pre-allocated and written one block (frame) at a time; table
 rows are appended. When the catalog cannot be reached, results go to a spool directory on
@@ -37,6 +37,7 @@ import pandas as pd
 import pyarrow as pa
 
 from . import __version__
+from .spot_schema import SPOT_COLUMNS, conform_spots
 
 __all__ = ["FRAME_SCHEMA", "SPOT_SCHEMA", "ProcessedRunWriter", "frame_row"]
 
@@ -51,12 +52,9 @@ FRAME_SCHEMA = pa.schema([
     ("processing_seconds", pa.float64()),
 ])
 
-SPOT_SCHEMA = pa.schema([
-    ("frame", pa.int64()), ("label", pa.int64()), ("row", pa.float64()), ("col", pa.float64()),
-    ("area", pa.int64()), ("intensity", pa.float64()), ("peak", pa.float64()),
-    ("bbox_row0", pa.int64()), ("bbox_col0", pa.int64()), ("bbox_row1", pa.int64()),
-    ("bbox_col1", pa.int64()), ("snr", pa.float64()), ("visible", pa.bool_()),
-])
+#: The catalog's spot table: :data:`labdct_live.spot_schema.SPOT_COLUMNS` as Arrow types.
+SPOT_SCHEMA = pa.schema([(c.name, pa.from_numpy_dtype(np.dtype(c.dtype)))
+                         for c in SPOT_COLUMNS])
 
 # Errors that mean "the catalog is not there right now": spool and retry later.
 _UNAVAILABLE = (httpx.TransportError, httpx.HTTPStatusError, ConnectionError, TimeoutError,
@@ -78,14 +76,8 @@ def frame_row(index: int, omega: float, exposure: float, status: str, summary: d
 
 
 def _spot_rows(index: int, spots: pd.DataFrame) -> pa.Table:
-    table = spots.rename(columns={"centroid_row": "row", "centroid_col": "col"}).copy()
-    table.insert(0, "frame", int(index))
-    columns = {}
-    for column in SPOT_SCHEMA:
-        values = table[column.name] if column.name in table else pd.Series(
-            [None] * len(table), dtype=object)
-        columns[column.name] = pa.array(values.to_numpy(), type=column.type, from_pandas=True)
-    return pa.table(columns, schema=SPOT_SCHEMA)
+    return pa.Table.from_pandas(conform_spots(spots, frame=index), schema=SPOT_SCHEMA,
+                                preserve_index=False)
 
 
 @dataclass

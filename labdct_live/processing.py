@@ -28,6 +28,7 @@ from .io import FrameReadError
 from .io import check_frame as io_check_frame
 from .segment import RoutineParams, StandardRoutine, label_spots, spot_table, threshold_segment
 from .snr import spot_snr, snr_summary
+from .spot_schema import conform_spots
 
 __all__ = ["ProcessedFrame", "ProcessingMethod", "DLMethod", "RoutineMethod", "make_method",
            "METHODS", "FrameError", "check_frame"]
@@ -65,7 +66,7 @@ class ProcessedFrame:
 
     index: int
     binary: np.ndarray  #: uint8 {0, 1}
-    spots: pd.DataFrame  #: spot table + ``snr``, ``visible``
+    spots: pd.DataFrame  #: the spot table (:data:`labdct_live.spot_schema.SPOT_COLUMNS`)
     summary: dict  #: :func:`labdct_live.snr.snr_summary` of the frame
     seconds: float = 0.0  #: processing time
     extra: dict = field(default_factory=dict)
@@ -75,7 +76,8 @@ def _measure(index: int, frame: np.ndarray, labels: np.ndarray, exclude: np.ndar
              intensity: np.ndarray, seconds: float) -> ProcessedFrame:
     spots = spot_table(labels, intensity)
     snr = spot_snr(frame, labels, exclude=exclude)
-    spots = spots.merge(snr[["label", "snr", "visible"]], on="label", how="left")
+    spots = conform_spots(spots.merge(snr[["label", "snr", "visible"]], on="label", how="left"),
+                          frame=index)
     return ProcessedFrame(index=index, binary=(labels > 0).astype(np.uint8), spots=spots,
                           summary=snr_summary(snr, low=WEAK_SNR), seconds=seconds)
 

@@ -33,6 +33,8 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 
+from .spot_schema import SPOT_TABLE_COLUMNS
+
 __all__ = [
     "RoutineParams",
     "RoutineParameterError",
@@ -58,11 +60,6 @@ __all__ = [
 #: Structuring element for 4-connected labelling.
 FOUR_CONNECTIVITY = ndi.generate_binary_structure(2, 1)
 
-#: Columns of :func:`spot_table` (row/col bounds are half-open, like slices).
-SPOT_TABLE_COLUMNS = (
-    "label", "centroid_row", "centroid_col", "area", "integrated_intensity",
-    "peak_intensity", "row_start", "row_stop", "col_start", "col_stop",
-)
 
 
 class RoutineParameterError(ValueError):

@@ -12,6 +12,7 @@ import pytest
 
 from labdct_live.catalog import CatalogServer
 from labdct_live.processed import FRAME_SCHEMA, ProcessedRunWriter, frame_row
+from labdct_live.spot_schema import SPOT_TABLE_COLUMNS
 
 SHAPE = (32, 32)
 
@@ -60,8 +61,9 @@ def test_concurrent_appends_from_two_writers_all_succeed(server, no_client_retri
 
 
 def _spots(n: int) -> pd.DataFrame:
-    return pd.DataFrame({"label": np.arange(1, n + 1), "centroid_row": np.ones(n),
-                         "centroid_col": np.ones(n), "area": np.full(n, 4)})
+    """A spot table of ``n`` spots with every measured column."""
+    table = pd.DataFrame({c: np.ones(n) for c in SPOT_TABLE_COLUMNS})
+    return table.assign(label=np.arange(1, n + 1), area=np.full(n, 4))
 
 
 def test_a_result_written_in_part_is_completed_without_duplicates(server, tmp_path):

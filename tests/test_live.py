@@ -377,3 +377,41 @@ def test_export_from_catalog_writes_the_processed_frames(scanned, tmp_path):
         assert np.array_equal(tifffile.imread(f) > 0, binary[i] > 0)
     omegas = np.loadtxt(out / "omega.txt")
     assert np.allclose(omegas, np.arange(-180, 181, STEP))
+
+
+def test_catalog_spot_rows_have_every_column_and_equal_segments_csv(scanned, tmp_path):
+    """Every documented spot column is filled in the catalog and equals ``segment``'s
+    ``spots.csv`` for the same frames (the raw frames from tiled, the same beam stop)."""
+    import pandas as pd
+    import tifffile
+
+    from labdct_live.cli import main
+    from labdct_live.scanfiles import FORMAT_NAME
+    from labdct_live.spot_schema import SPOT_COLUMN_NAMES
+
+    session, uid, detector = scanned
+    live = session.client["processed"][uid]["spots"].read()
+    assert list(live.columns) == list(SPOT_COLUMN_NAMES)
+    assert len(live) > 0 and not live.isna().any().any()
+
+    scan = tmp_path / "scan"
+    (scan / "frames").mkdir(parents=True)
+    raw = session.client[uid]["primary"]["labdct_image"].read()
+    names = [f"frame_{i:03d}.tif" for i in range(len(raw))]
+    for name, frame in zip(names, raw):
+        tifffile.imwrite(scan / "frames" / name, frame)
+    (scan / "scan.json").write_text(json.dumps({
+        "format": FORMAT_NAME, "geometry": detector.geometry.to_dict(),
+        "omegas": np.arange(-180, 181, STEP).tolist(), "frames": names}))
+    params = tmp_path / "params.json"
+    params.write_text(json.dumps(PARAMS.to_dict()))
+    assert main(["segment", "--method", "routine", "--params", str(params), str(scan),
+                 str(tmp_path / "masks")]) == 0
+    offline = pd.read_csv(tmp_path / "masks" / "spots.csv")
+    assert list(offline.columns) == ["frame", "name", *SPOT_COLUMN_NAMES[1:]]
+    live = live.sort_values(["frame", "label"], ignore_index=True)
+    offline = offline.drop(columns="name")
+    assert len(offline) == len(live)
+    for column in SPOT_COLUMN_NAMES:
+        assert np.allclose(live[column].to_numpy(float), offline[column].to_numpy(float),
+                           equal_nan=False), column

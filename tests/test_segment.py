@@ -395,3 +395,14 @@ def test_tuner_finds_the_best_grid_point_and_its_scores_are_consistent():
     pd.testing.assert_frame_equal(again.trials, same.trials)
     with pytest.raises(RoutineParameterError):
         tune_routine(corrected, labels[:4], grid={**grid, "sigma": (0.0,)}, progress=False)
+
+
+def test_docs_spot_table_is_the_schema():
+    """docs/segmentation.md lists the spot columns as :mod:`labdct_live.spot_schema` defines
+    them (the docs' table cannot drift from the code)."""
+    from pathlib import Path
+
+    from labdct_live.spot_schema import spot_columns_markdown
+
+    docs = (Path(__file__).parents[1] / "docs" / "segmentation.md").read_text()
+    assert spot_columns_markdown() in docs

@@ -133,6 +133,19 @@ def _beamstop_from_args(value: list[str] | None, shape: tuple[int, int],
     return mask
 
 
+def _spot_rows(result: "FrameResult", frame: np.ndarray, exclude: np.ndarray | None,
+               name: str):
+    """The frame's rows of ``spots.csv``: the spot table with the SNR on the raw frame, as the
+    live processor writes it to the catalog, and the frame's file name after ``frame``."""
+    from ..snr import spot_snr
+    from ..spot_schema import conform_spots
+
+    snr = spot_snr(frame, result.labels, exclude=exclude)[["label", "snr", "visible"]]
+    spots = conform_spots(result.spots.merge(snr, on="label", how="left"), frame=result.index)
+    spots.insert(1, "name", name)
+    return spots
+
+
 def run(args: argparse.Namespace) -> int:
     import pandas as pd
     import tifffile
@@ -168,8 +181,8 @@ def run(args: argparse.Namespace) -> int:
                     write_mask_tiff(tmp / path.name, result.mask)
                 else:
                     stacks[path][page] = np.where(result.mask > 0, 255, 0)
-                tables.append(result.spots.assign(frame=result.index,
-                                                  name=names[result.index]))
+                tables.append(_spot_rows(result, stack[result.index], exclude,
+                                         names[result.index]))
                 seen.add(result.index)
                 bar.update()
         if len(seen) != len(stack):  # a method must account for every frame exactly once
@@ -178,11 +191,8 @@ def run(args: argparse.Namespace) -> int:
         for memmap in stacks.values():
             memmap.flush()
         del stacks
-        spots = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
-        if not spots.empty:
-            spots = spots.sort_values(["frame", "label"], kind="stable")
-            spots = spots[["frame", "name", *[c for c in spots.columns
-                                              if c not in ("frame", "name")]]]
+        spots = pd.concat(tables, ignore_index=True).sort_values(["frame", "label"],
+                                                                 kind="stable")
         spots.to_csv(tmp / "spots.csv", index=False)
         (tmp / "segmentation.json").write_text(json.dumps({
             "method": args.method, **settings, "input": str(input_dir.resolve()),
