@@ -19,6 +19,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from .callbacks.live import LiveConfig, LiveProcessor
+from .names import safe_key
 
 __all__ = ["replay_run", "agreement", "ReplayResult", "image_key_of"]
 
@@ -93,7 +94,7 @@ def replay_run(client, raw_uid: str, method: str = "routine", *, method_options=
     image_key = image_key or image_key_of(stream)
     images = stream[image_key]
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-    node_key = f"{raw_uid}-replay-{stamp}"
+    node_key = f"{safe_key(raw_uid, 'run uid')}-replay-{stamp}"
     config = LiveConfig(client=client, method=method, method_options=dict(method_options or {}),
                         image_key=image_key, spool_dir=spool_dir, listeners=list(listeners),
                         end_of_scan=list(end_of_scan), node_key=lambda uid: node_key,

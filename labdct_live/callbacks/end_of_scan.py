@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..names import check_key
+
 __all__ = ["EndOfScan", "export_inputs", "export_from_catalog"]
 
 logger = logging.getLogger(__name__)
@@ -51,9 +53,9 @@ def export_from_catalog(client, node_key: str, fmt: str, out, start_doc: dict | 
     """Export ``processed/<node_key>`` in ``fmt`` (grainrecon, gm3d, nexus) to ``out``."""
     from ..export import export_scan
 
-    node = client["processed"][node_key]
+    node = client["processed"][check_key(node_key, "processed node key")]
     if start_doc is None:
-        raw_uid = node.metadata["raw_uid"]
+        raw_uid = check_key(node.metadata["raw_uid"], "raw run uid")
         start_doc = dict(client[raw_uid].metadata["start"])
     frames, metadata = export_inputs(node, start_doc)
     return export_scan(frames, metadata, fmt, out, **options)

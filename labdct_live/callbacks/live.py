@@ -26,6 +26,7 @@ import numpy as np
 from event_model import DocumentRouter, RunRouter
 
 from ..geometry import Geometry
+from ..names import safe_key
 from ..processed import ProcessedRunWriter, frame_row
 from ..processing import FrameError, ProcessedFrame, check_frame, make_method
 from .inbox import END, FrameItem, Inbox
@@ -128,8 +129,9 @@ class LiveProcessor(DocumentRouter):
     # -------------------------------------------------------------------- documents
     def start(self, doc):
         self.start_doc = doc
-        self.raw_uid = doc["uid"]
-        self.node_key = self.config.node_key(self.raw_uid)
+        self.raw_uid = str(doc["uid"])
+        # The uid comes from a document (maybe from the network): it names a folder and a key.
+        self.node_key = safe_key(self.config.node_key(self.raw_uid), "processed node key")
         self.n_frames = int(doc.get("n_projections") or doc.get("num_points") or 0)
         geometry = doc.get("geometry")
         if geometry:

@@ -20,6 +20,7 @@ from typing import Callable
 import numpy as np
 from event_model import DocumentRouter
 
+from ..names import safe_key
 from ..snr import exposure_for_snr
 
 __all__ = ["ExposureMonitor"]
@@ -140,7 +141,7 @@ class ExposureMonitor(DocumentRouter):
         """Write the PNG (when a ``plot_path`` is set); returns its path."""
         if self.plot_path is None:
             return None
-        path = Path(str(self.plot_path).format(uid=self.uid))
+        path = Path(str(self.plot_path).format(uid=safe_key(self.uid, "run uid")))
         path.parent.mkdir(parents=True, exist_ok=True)
         self.figure().savefig(path, dpi=100)
         self.saved = path
