@@ -1,4 +1,9 @@
-"""``labdct-live serve``: serve an embedded catalog folder (e.g. the demo's) until Ctrl-C."""
+"""``labdct-live serve``: serve an embedded catalog folder (e.g. the demo's) until Ctrl-C.
+
+The folder keeps its API key across restarts, so clients (a running scan) carry on after
+``serve`` is restarted. One server per folder: a second ``serve`` of a served folder fails.
+SIGTERM or SIGHUP stop the server like Ctrl-C; if ``serve`` is killed, the server stops too.
+"""
 
 from __future__ import annotations
 
@@ -11,14 +16,15 @@ ORDER = 60
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..catalog import CatalogServer
+    from ..catalog import CatalogServer, Terminated, stop_on_signals
 
     directory = Path(args.directory)
     if not (directory / "catalog.db").exists() and not args.create:
         raise FileNotFoundError(f"{directory} holds no catalog (catalog.db); pass --create to "
                                 "start a new one")
     raw = [args.raw] if args.raw else [directory.parent / "raw"]
-    with CatalogServer(directory, readable_storage=raw, port=args.port) as server:
+    with stop_on_signals(), CatalogServer(directory, readable_storage=raw,
+                                          port=args.port) as server:
         print(f"tiled catalog {directory} at {server.uri}")
         print(f"API key: {server.api_key}")
         print(f"  from tiled.client import from_uri; c = from_uri('{server.uri}', "
@@ -26,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             while server.running:
                 time.sleep(1)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, Terminated):  # asked to stop: a clean stop, status 0
             pass
     return 0
 
