@@ -11,18 +11,32 @@ before any work starts) and returns a :class:`FrameStack` that reads frames lazi
 
 Output is written through :class:`AtomicOutputDir`: files go to a hidden sibling directory
 that is renamed to its final name only when everything has been written, so an interrupted
-or failed run never leaves a folder that looks complete.
+or failed run never leaves a folder that looks complete. Every folder it writes holds a
+marker file (:data:`OUTPUT_MARKER`); ``overwrite`` replaces only such a folder, and an output
+folder that is, contains or lies inside one of the run's inputs is refused before anything
+is written (:func:`check_output_dir`), so no option combination can delete the user's data.
+Single files go through :func:`atomic_file` (temporary name, then rename).
+
+:func:`command_context` names the command on whose behalf output is written (recorded in the
+marker) and collects the run's output paths, so that :func:`describe_os_error` can turn an
+``OSError`` (read-only file system, disk full, a path under a file) into one sentence that
+names the output concerned.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import errno
+import json
 import logging
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +52,21 @@ __all__ = [
     "check_frame",
     "write_tiff_atomic",
     "write_mask_tiff",
+    "tiff_layout_tags",
+    "atomic_file",
     "AtomicOutputDir",
+    "OUTPUT_MARKER",
+    "OutputFolderError",
+    "check_output_dir",
+    "check_no_overlap",
+    "write_output_marker",
+    "make_parent_folder",
+    "work_folder",
+    "probe_writable",
+    "require_free_space",
+    "require_hdf5",
+    "command_context",
+    "describe_os_error",
     "natural_key",
 ]
 
@@ -281,57 +309,563 @@ def open_frame_folder(folder: str | os.PathLike) -> FrameStack:
     return FrameStack(folder, tuple(files), tuple(counts), tuple(is_stack), shape, dtype)
 
 
-def write_tiff_atomic(path: str | os.PathLike, data: np.ndarray) -> Path:
-    """Write a TIFF under a temporary name in the same folder, then rename it into place."""
+# ------------------------------------------------------------------------ command context
+@dataclass
+class CommandRun:
+    """What :func:`command_context` records about the running command.
+
+    Attributes
+    ----------
+    command : str
+        The command name written into output markers (e.g. ``"segment"``).
+    outputs : list of (Path, Path or None)
+        ``(final path, temporary path)`` of every output started, in order.
+    """
+
+    command: str
+    outputs: list[tuple[Path, Path | None]] = field(default_factory=list)
+
+
+_RUN: contextvars.ContextVar[CommandRun | None] = contextvars.ContextVar("labdct_live_run",
+                                                                         default=None)
+
+
+@contextlib.contextmanager
+def command_context(command: str) -> Iterator[CommandRun]:
+    """Name the command writing output for the duration of the block.
+
+    Parameters
+    ----------
+    command : str
+        Recorded as ``command`` in the marker of every output folder written in the block.
+
+    Yields
+    ------
+    CommandRun
+        Collects the outputs started in the block (for :func:`describe_os_error`).
+    """
+    run = CommandRun(command)
+    token = _RUN.set(run)
+    try:
+        yield run
+    finally:
+        _RUN.reset(token)
+
+
+def _register_output(final: Path, tmp: Path | None) -> None:
+    run = _RUN.get()
+    if run is not None:
+        run.outputs.append((final, tmp))
+
+
+def _is_within(path: Path, folder: Path) -> bool:
+    path, folder = Path(os.path.abspath(path)), Path(os.path.abspath(folder))
+    return path == folder or folder in path.parents
+
+
+#: errno values that mean "this cannot be written here" whatever the path.
+_WRITE_ERRNOS = {errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def describe_os_error(exc: OSError, run: CommandRun | None = None) -> str:
+    """One sentence for an ``OSError``, naming the path and what the system said.
+
+    A path inside an output's temporary folder is shown under the output's final name. An
+    error on (or above) one of the run's outputs, or one that only writing causes (read-only
+    file system, disk full, quota), reads ``cannot write PATH: REASON``; others
+    ``cannot access PATH: REASON``.
+
+    Parameters
+    ----------
+    exc : OSError
+        The error.
+    run : CommandRun, optional
+        The command's record (default: the current :func:`command_context`'s).
+
+    Returns
+    -------
+    str
+        A single line.
+    """
+    run = run or _RUN.get()
+    outputs = run.outputs if run is not None else []
+    if exc.filename is None:
+        if exc.errno in _WRITE_ERRNOS and outputs:  # e.g. ENOSPC inside h5py or write()
+            return (f"cannot write {_shown(outputs[-1][0], outputs)}: "
+                    f"{os.strerror(exc.errno)}")
+        return " ".join(str(exc).split())
+    reason = exc.strerror or str(exc)
+    path = Path(os.fsdecode(exc.filename))
+    writing = exc.errno in _WRITE_ERRNOS or any(
+        _inside_temporary(path, final) is not None  # where an output is being built
+        or _is_within(path, final) or _is_within(final, path)  # the output or a parent
+        for final, _ in outputs)
+    return f"cannot {'write' if writing else 'access'} {_shown(path, outputs)}: {reason}"
+
+
+def _shown(path: Path, outputs: list[tuple[Path, Path | None]]) -> Path:
+    """``path`` under its output's final name if it lies in the output's temporary folder."""
+    for final, _ in reversed(outputs):
+        inner = _inside_temporary(path, final)
+        if inner is not None:
+            return _shown(final, outputs) / inner  # that output may itself be under another
+    return path
+
+
+def _inside_temporary(path: Path, final: Path) -> Path | None:
+    """``path`` relative to a hidden temporary sibling of ``final`` (``.NAME.*``), or None.
+
+    Such siblings are where ``final`` is being built (also by writers with their own
+    temporary names, e.g. ``..NAME.x.partial.partial-PID``).
+    """
+    path, final = Path(os.path.abspath(path)), Path(os.path.abspath(final))
+    for folder in (path, *path.parents):
+        if (folder.parent == final.parent and folder.name.startswith(".")
+                and folder.name.lstrip(".").startswith(f"{final.name}.")):
+            return path.relative_to(folder)
+    return None
+
+
+# ---------------------------------------------------------------------------- TIFF output
+#: TIFF tag of the image orientation (how a viewer flips/rotates the stored pixels).
+ORIENTATION_TAG = 274
+
+
+def tiff_layout_tags(path: str | os.PathLike | None) -> dict:
+    """``tifffile.imwrite`` keyword arguments repeating ``path``'s orientation and resolution.
+
+    A mask or denoised image written with them is shown by a viewer that honours the TIFF
+    Orientation tag (274) exactly like the frame it came from.
+
+    Parameters
+    ----------
+    path : path-like or None
+        The input TIFF (its first page is read); None gives ``{}``.
+
+    Returns
+    -------
+    dict
+        Some of ``extratags``, ``resolution``, ``resolutionunit``; empty when the file has
+        neither tag or cannot be read.
+    """
+    if path is None:
+        return {}
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            tags = page.tags
+            kwargs: dict = {}
+            orientation = tags.get(ORIENTATION_TAG)
+            if orientation is not None and int(orientation.value) != 1:  # 1 = the default
+                kwargs["extratags"] = [(ORIENTATION_TAG, "H", 1, int(orientation.value), True)]
+            if tags.get(282) is not None and tags.get(283) is not None:  # X/YResolution
+                kwargs["resolution"] = tuple(page.resolution)
+                kwargs["resolutionunit"] = int(page.resolutionunit)
+            return kwargs
+    except Exception as exc:  # noqa: BLE001 - layout tags are a courtesy, never fatal
+        log.info("cannot read layout tags of %s (%s); writing without them", path, exc)
+        return {}
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside ``path`` that is renamed to ``path`` when the block succeeds.
+
+    On any exception (including KeyboardInterrupt) the temporary file is removed and
+    ``path`` is left as it was, so no truncated file ever carries the final name.
+
+    Parameters
+    ----------
+    path : path-like
+        The file to write; its folder must exist.
+
+    Yields
+    ------
+    Path
+        Where to write.
+    """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     os.close(fd)
+    _register_output(path, Path(tmp))
     try:
-        tifffile.imwrite(tmp, data)
+        yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; the result is not
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_tiff_atomic(path: str | os.PathLike, data: np.ndarray, **kwargs) -> Path:
+    """Write a TIFF under a temporary name in the same folder, then rename it into place.
+
+    ``kwargs`` go to ``tifffile.imwrite`` (e.g. :func:`tiff_layout_tags` of the input).
+    """
+    path = Path(path)
+    with atomic_file(path) as tmp:
+        tifffile.imwrite(tmp, data, **kwargs)
     return path
 
 
-def write_mask_tiff(path: str | os.PathLike, mask: np.ndarray) -> Path:
-    """Write a binary mask (or a stack of masks) as uint8 0/255, atomically."""
+def write_mask_tiff(path: str | os.PathLike, mask: np.ndarray,
+                    like: str | os.PathLike | None = None) -> Path:
+    """Write a binary mask (or a stack of masks) as uint8 0/255, atomically.
+
+    Parameters
+    ----------
+    path : path-like
+        Destination file.
+    mask : ndarray
+        Non-zero = spot.
+    like : path-like, optional
+        The input frame's TIFF: its orientation and resolution tags are repeated
+        (:func:`tiff_layout_tags`).
+    """
     mask = np.asarray(mask)
-    return write_tiff_atomic(path, np.where(mask > 0, np.uint8(255), np.uint8(0)))
+    return write_tiff_atomic(path, np.where(mask > 0, np.uint8(255), np.uint8(0)),
+                             **tiff_layout_tags(like))
+
+
+# ------------------------------------------------------------------------ output folders
+#: File in every output folder written by :class:`AtomicOutputDir` (JSON: tool, command,
+#: version, created): ``overwrite`` replaces only a folder holding it.
+OUTPUT_MARKER = ".labdct-live-output"
+
+
+class OutputFolderError(FileExistsError):
+    """An output folder that must not be written: it overlaps an input, or it holds files
+    that labdct-live did not write (or any files, without ``overwrite``)."""
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _resolved(path: str | os.PathLike) -> Path:
+    return Path(os.path.realpath(os.path.abspath(os.fspath(path))))
+
+
+def check_no_overlap(out: str | os.PathLike, inputs: Iterable[str | os.PathLike | None] = (),
+                     *, nest_in: Iterable[str | os.PathLike | None] = ()) -> None:
+    """Refuse an output that is, contains or lies inside one of the inputs.
+
+    Paths are compared after resolving symbolic links, so a link to the input folder is
+    the input folder.
+
+    Parameters
+    ----------
+    out : path-like
+        The output folder (or file).
+    inputs : iterable of path-like or None
+        The command's inputs (folders or files); None entries are skipped.
+    nest_in : iterable of path-like or None
+        Inputs the output may lie inside (e.g. ``evaluate``'s report folder in PRED); it
+        still must not be or contain them.
+
+    Raises
+    ------
+    OutputFolderError
+        Naming the output and the input concerned.
+    """
+    target = _resolved(out)
+    nestable = {_resolved(p) for p in nest_in if p is not None}
+    for given in inputs:
+        if given is None:
+            continue
+        source = _resolved(given)
+        if target == source:
+            raise OutputFolderError(f"output {out} is the input {given}; choose another output "
+                                    "folder")
+        if target in source.parents:
+            raise OutputFolderError(f"output {out} contains the input {given}: writing it "
+                                    "would replace the input; choose another output folder")
+        if source in target.parents and source not in nestable:
+            raise OutputFolderError(f"output {out} lies inside the input {given}; choose an "
+                                    "output folder outside it")
+
+
+def _has_marker(folder: Path) -> bool:
+    return (folder / OUTPUT_MARKER).is_file()
+
+
+def check_output_dir(final: str | os.PathLike,
+                     inputs: Iterable[str | os.PathLike | None] = (), *,
+                     overwrite: bool = False,
+                     nest_in: Iterable[str | os.PathLike | None] = ()) -> Path:
+    """Check, before anything is written, that ``final`` may become an output folder.
+
+    Allowed: a path that does not exist, an empty folder, or (with ``overwrite``) a folder
+    that labdct-live wrote (it holds :data:`OUTPUT_MARKER`). Refused: a path that is, contains
+    or lies inside an input (:func:`check_no_overlap`), an existing file, a non-empty folder
+    without ``overwrite``, and any non-empty folder without the marker.
+
+    Parameters
+    ----------
+    final : path-like
+        The output folder.
+    inputs, nest_in
+        See :func:`check_no_overlap`.
+    overwrite : bool
+        Whether replacing an earlier output of labdct-live is wanted.
+
+    Returns
+    -------
+    Path
+        ``final`` (the link's target when ``final`` is a symbolic link to a folder).
+
+    Raises
+    ------
+    OutputFolderError
+        With a message saying what to do instead.
+    """
+    final = Path(final)
+    check_no_overlap(final, inputs, nest_in=nest_in)
+    if final.is_symlink() and final.is_dir():
+        final = _resolved(final)  # replace the folder the link points to, not the link
+    if not final.exists():
+        if final.is_symlink():
+            raise OutputFolderError(f"output {final} is a broken symbolic link; remove it or "
+                                    "choose another output folder")
+        probe_writable(final)
+        return final
+    if not final.is_dir():
+        raise OutputFolderError(f"output {final} exists and is not a folder")
+    probe_writable(final)
+    if not any(final.iterdir()):
+        return final
+    if not overwrite:
+        raise OutputFolderError(f"output folder {final} exists and is not empty; choose "
+                                "another or pass --overwrite")
+    if not _has_marker(final):
+        raise OutputFolderError(
+            f"output folder {final} is not empty and was not written by labdct-live (no "
+            f"{OUTPUT_MARKER} marker): --overwrite only replaces labdct-live's own output "
+            "folders; choose another folder or empty this one yourself")
+    return final
+
+
+def write_output_marker(folder: str | os.PathLike, command: str | None = None) -> Path:
+    """Write :data:`OUTPUT_MARKER` into ``folder``: this folder is labdct-live's output.
+
+    Parameters
+    ----------
+    folder : path-like
+        An existing folder.
+    command : str, optional
+        The command recorded (default: the current :func:`command_context`'s, else
+        ``"python"`` for library use).
+
+    Returns
+    -------
+    Path
+        The marker file.
+    """
+    from . import __version__
+
+    run = _RUN.get()
+    command = command or (run.command if run is not None else "python")
+    path = Path(folder) / OUTPUT_MARKER
+    path.write_text(json.dumps({
+        "tool": "labdct-live", "command": command, "version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }) + "\n")
+    return path
+
+
+@contextlib.contextmanager
+def work_folder(folder: str | os.PathLike,
+                inputs: Iterable[str | os.PathLike | None] = (), *,
+                nest_in: Iterable[str | os.PathLike | None] = ()) -> Iterator[Path]:
+    """Checks and marking for a folder filled over time rather than atomically.
+
+    For commands whose output folder is resumable or grows (``train``'s run folder,
+    ``synth``'s pairs and projection cache, ``demo``'s work folder), so it cannot be built
+    aside and renamed. On entry: ``folder`` must not be, contain or lie inside an input, not
+    be a file, and be writable. On exit (success or not), a folder that was new (absent or
+    empty) gets :data:`OUTPUT_MARKER` if anything was written, and is removed if not. An
+    existing folder is never marked: it may hold the user's own files.
+
+    Parameters
+    ----------
+    folder : path-like
+        The output folder (created by the command itself).
+    inputs, nest_in
+        See :func:`check_no_overlap`.
+
+    Yields
+    ------
+    Path
+        ``folder``.
+    """
+    folder = Path(folder)
+    check_no_overlap(folder, inputs, nest_in=nest_in)
+    if folder.exists() and not folder.is_dir():
+        raise OutputFolderError(f"output {folder} exists and is not a folder")
+    probe_writable(folder / OUTPUT_MARKER)
+    existed = folder.is_dir()
+    new = not existed or not any(folder.iterdir())
+    _register_output(folder, None)
+    try:
+        yield folder
+    finally:
+        # Best effort: a full disk here must not hide the command's own error.
+        with contextlib.suppress(OSError):
+            if new and folder.is_dir():
+                if any(folder.iterdir()):
+                    if not _has_marker(folder):
+                        write_output_marker(folder)
+                elif not existed:
+                    folder.rmdir()  # nothing was written: leave nothing behind
+
+
+def _existing_ancestor(path: Path) -> Path:
+    path = Path(os.path.abspath(path))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def require_free_space(folder: str | os.PathLike, n_bytes: int, what: str = "the output",
+                       margin: float = 0.1) -> None:
+    """Refuse up front to start writing ``n_bytes`` where the disk has less room.
+
+    Some writers cannot fail cleanly when the disk fills mid-write (HDF5 can crash the
+    process), so a command that knows its output size checks first.
+
+    Parameters
+    ----------
+    folder : path-like
+        Where the output will be written (need not exist yet).
+    n_bytes : int
+        Estimated size of the output.
+    what : str
+        How to name the output in the message.
+    margin : float
+        Extra fraction required on top of ``n_bytes``.
+
+    Raises
+    ------
+    OSError
+        ``errno.ENOSPC``, naming the folder, the estimate and the free space.
+    """
+    where = _existing_ancestor(Path(folder))
+    free = shutil.disk_usage(where).free
+    needed = int(n_bytes * (1.0 + margin))
+    if free < needed:
+        raise OSError(errno.ENOSPC,
+                      f"not enough free disk space: {what} needs about {_size(needed)}, "
+                      f"{_size(free)} free; free some space or choose another location",
+                      str(folder))
+
+
+def _size(n: float) -> str:
+    for unit in ("bytes", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError  # pragma: no cover
+
+
+def require_hdf5(path: str | os.PathLike, what: str = "file") -> Path:
+    """Check that ``path`` is an existing HDF5 file, with a message naming it otherwise.
+
+    Raises
+    ------
+    FileNotFoundError
+        No such file.
+    ValueError
+        The file is not HDF5 (h5py would raise an ``OSError`` that does not name it).
+    """
+    import h5py
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} does not exist")
+    if not h5py.is_hdf5(path):
+        raise ValueError(f"{what} {path} is not an HDF5 file")
+    return path
+
+
+def probe_writable(path: str | os.PathLike) -> None:
+    """Fail now, not after the work, if ``path`` (a file or folder to create) cannot be written.
+
+    A temporary file is created and removed in the folder that will hold ``path`` (or in its
+    nearest existing ancestor); nothing else is touched. Unlike ``os.access``, this also
+    catches read-only file systems and works for root.
+
+    Raises
+    ------
+    OSError
+        ``NotADirectoryError`` naming a file standing where a folder is needed, or the error
+        of the probe (read-only file system, permission denied, ...) naming ``path``.
+    """
+    path = Path(path)
+    _register_output(path, None)  # so that describe_os_error calls a failure a write error
+    ancestor = _existing_ancestor(path.parent)
+    if not ancestor.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(ancestor))
+    try:
+        with tempfile.TemporaryFile(prefix=".labdct-live-probe.", dir=ancestor):
+            pass
+    except OSError as exc:
+        raise type(exc)(exc.errno, exc.strerror, str(path)) from None
+
+
+def make_parent_folder(path: str | os.PathLike) -> Path:
+    """Create the folder that will hold ``path`` (and its parents).
+
+    Raises
+    ------
+    NotADirectoryError
+        Naming the existing file that stands where a folder is needed (``mkdir`` alone would
+        report a confusing ``FileExistsError`` on some component).
+    """
+    parent = Path(path).parent
+    ancestor = _existing_ancestor(parent)
+    if not ancestor.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(ancestor))
+    parent.mkdir(parents=True, exist_ok=True)
+    return parent
 
 
 class AtomicOutputDir:
     """Context manager giving a scratch folder that becomes ``final`` only on success.
 
     Inside the ``with`` block, write into the yielded path (a hidden sibling of ``final``).
-    On normal exit it is renamed to ``final``; on an exception it is deleted, so ``final``
-    never holds partial output.
+    On normal exit the marker file :data:`OUTPUT_MARKER` is added and the folder renamed to
+    ``final``; on an exception it is deleted, so ``final`` never holds partial output.
+    ``final`` is checked on construction (:func:`check_output_dir`), before any work.
 
     Parameters
     ----------
     final : path-like
         The output folder. It must not exist, or be empty, unless ``overwrite`` is True.
     overwrite : bool
-        Replace an existing non-empty ``final`` (only after the new output is complete).
+        Replace an existing non-empty ``final`` (only after the new output is complete),
+        provided labdct-live wrote it (it holds the marker).
+    inputs : iterable of path-like or None
+        The command's inputs: ``final`` must not be, contain or lie inside any of them.
+    nest_in : iterable of path-like or None
+        Inputs ``final`` may lie inside (see :func:`check_no_overlap`).
     """
 
-    def __init__(self, final: str | os.PathLike, overwrite: bool = False):
-        self.final = Path(final)
+    def __init__(self, final: str | os.PathLike, overwrite: bool = False, *,
+                 inputs: Iterable[str | os.PathLike | None] = (),
+                 nest_in: Iterable[str | os.PathLike | None] = ()):
         self.overwrite = overwrite
-        if self.final.exists():
-            if not self.final.is_dir():
-                raise FileExistsError(f"output {self.final} exists and is not a folder")
-            if any(self.final.iterdir()) and not overwrite:
-                raise FileExistsError(
-                    f"output folder {self.final} is not empty; choose another or pass --overwrite"
-                )
+        self.final = check_output_dir(final, inputs, overwrite=overwrite, nest_in=nest_in)
         self.tmp: Path | None = None
 
     def __enter__(self) -> Path:
-        self.final.parent.mkdir(parents=True, exist_ok=True)
+        _register_output(self.final, None)
+        make_parent_folder(self.final)
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.final.name}.", suffix=".partial",
                                          dir=self.final.parent))
+        _register_output(self.final, self.tmp)
+        os.chmod(self.tmp, 0o777 & ~_umask())  # mkdtemp makes it private; outputs are not
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -339,10 +873,22 @@ class AtomicOutputDir:
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
             return
-        if self.final.exists():
-            old = self.final.with_name(f".{self.final.name}.old-{os.getpid()}")
-            os.replace(self.final, old)
-            os.replace(self.tmp, self.final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(self.tmp, self.final)
+        try:
+            write_output_marker(self.tmp)
+            # Checked again: the folder may have been filled by someone else meanwhile.
+            check_output_dir(self.final, overwrite=self.overwrite)
+            if self.final.exists():
+                old = Path(tempfile.mkdtemp(prefix=f".{self.final.name}.", suffix=".old",
+                                            dir=self.final.parent))
+                os.replace(self.final, old)  # onto the empty placeholder: always allowed
+                try:
+                    os.replace(self.tmp, self.final)
+                except BaseException:
+                    os.replace(old, self.final)
+                    raise
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(self.tmp, self.final)
+        except BaseException:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise

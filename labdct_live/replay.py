@@ -21,7 +21,8 @@ from tqdm.auto import tqdm
 from .callbacks.live import LiveConfig, LiveProcessor
 from .names import safe_key
 
-__all__ = ["replay_run", "agreement", "ReplayResult", "image_key_of"]
+__all__ = ["replay_run", "agreement", "ReplayResult", "image_key_of", "resolve_run_uid",
+           "RunNotFound"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +54,54 @@ def image_key_of(stream) -> str:
         except (AttributeError, TypeError):
             continue
     raise KeyError("no image (3-D array) in the run's primary stream")
+
+
+class RunNotFound(ValueError):
+    """No run, or more than one, has the given uid or uid prefix."""
+
+
+#: Top-level catalog nodes that are not raw runs.
+_NOT_RUNS = frozenset({"processed"})
+
+
+def resolve_run_uid(client, uid: str, shown: int = 5) -> str:
+    """The catalog key of the raw run whose uid is, or starts with, ``uid``.
+
+    Parameters
+    ----------
+    client : tiled client root
+    uid : str
+        A full uid or a prefix of one (e.g. the first 8 characters).
+    shown : int
+        How many candidates an error message lists.
+
+    Returns
+    -------
+    str
+        The run's key in ``client``.
+
+    Raises
+    ------
+    RunNotFound
+        When no run or several runs match; the message lists candidates.
+    """
+    uid = uid.strip()
+    if not uid:
+        raise RunNotFound("give a run uid or a prefix of one")
+    if uid not in _NOT_RUNS and uid in client:
+        return uid
+    # tiled has no prefix query on keys: list them (one paginated request per ~100 runs).
+    keys = [key for key in client.keys() if key not in _NOT_RUNS]
+    matches = [key for key in keys if key.startswith(uid)]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        listed = ", ".join(keys[-shown:]) or "none"
+        raise RunNotFound(f"no run whose uid starts with {uid!r} in the catalog "
+                          f"({len(keys)} runs, e.g. {listed})")
+    listed = ", ".join(matches[:shown]) + (" ..." if len(matches) > shown else "")
+    raise RunNotFound(f"uid prefix {uid!r} matches {len(matches)} runs ({listed}); give more "
+                      "characters")
 
 
 def agreement(client, original: str, replay: str) -> pd.DataFrame:
@@ -88,7 +137,7 @@ def replay_run(client, raw_uid: str, method: str = "routine", *, method_options=
     compare_with : str or None
         Processed node to compare with; ``"auto"``: ``processed/<raw uid>`` when present.
     """
-    run = client[raw_uid]
+    run = client[resolve_run_uid(client, raw_uid)]
     raw_uid = run.metadata["start"]["uid"]
     stream = run["primary"]
     image_key = image_key or image_key_of(stream)

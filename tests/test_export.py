@@ -23,6 +23,7 @@ from labdct_live.export import (
     tilt_angles_zyx,
 )
 from labdct_live.geometry import Geometry, tilt_matrix
+from labdct_live.io import OUTPUT_MARKER
 
 N, ROWS, COLS = 5, 12, 10
 OMEGAS = [-6.0, -3.0, 0.0, 3.0, 6.0]
@@ -62,7 +63,8 @@ def frames():
 
 
 def _leftovers(folder):
-    return sorted(p.name for p in folder.iterdir())
+    """What a folder holds, but for the marker of labdct-live's output folders."""
+    return sorted(p.name for p in folder.iterdir() if p.name != OUTPUT_MARKER)
 
 
 # ------------------------------------------------------------------------- round trips
@@ -264,9 +266,15 @@ def test_existing_output_needs_overwrite(tmp_path, meta, frames, fmt):
     (out / "keep.txt").write_text("earlier work")
     with pytest.raises(FileExistsError, match="not empty"):
         export_scan(frames, meta, fmt, out, progress=False)
+    # --overwrite replaces only labdct-live's own output folders, never the user's files.
+    with pytest.raises(FileExistsError, match="not written by labdct-live"):
+        export_scan(frames, meta, fmt, out, overwrite=True, progress=False)
     assert _leftovers(out) == ["keep.txt"] and _leftovers(tmp_path) == ["out"]
+    (out / "keep.txt").unlink()
+    export_scan(frames, meta, fmt, out, progress=False)
+    first = _leftovers(out)
     export_scan(frames, meta, fmt, out, overwrite=True, progress=False)
-    assert "keep.txt" not in _leftovers(out) and _leftovers(tmp_path) == ["out"]
+    assert _leftovers(out) == first and _leftovers(tmp_path) == ["out"]
 
 
 @pytest.mark.parametrize("change, message", [

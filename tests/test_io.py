@@ -7,6 +7,7 @@ import pytest
 import tifffile
 
 from labdct_live.io import (
+    OUTPUT_MARKER,
     AtomicOutputDir,
     EmptyFolderError,
     FrameReadError,
@@ -133,10 +134,10 @@ def test_atomic_output_dir_appears_only_on_success(tmp_path):
     assert list(tmp_path.iterdir()) == []
     with AtomicOutputDir(final) as tmp:
         (tmp / "done.txt").write_text("x")
-    assert [p.name for p in final.iterdir()] == ["done.txt"]
+    assert sorted(p.name for p in final.iterdir()) == [OUTPUT_MARKER, "done.txt"]
     with pytest.raises(FileExistsError, match="not empty"):
         AtomicOutputDir(final)
-    with AtomicOutputDir(final, overwrite=True) as tmp:
+    with AtomicOutputDir(final, overwrite=True) as tmp:  # replaces: it holds the marker
         (tmp / "new.txt").write_text("y")
-    assert [p.name for p in final.iterdir()] == ["new.txt"]
+    assert sorted(p.name for p in final.iterdir()) == [OUTPUT_MARKER, "new.txt"]
     assert [p.name for p in tmp_path.iterdir()] == ["out"]

@@ -311,12 +311,12 @@ def test_cli_segment_writes_masks_with_input_names(tmp_path, capsys):
     frames, _ = gaussian_spot_stack(n_frames=11, shape=(64, 64), n_spots=4, seed=1)
     _write_frames(tmp_path / "in", frames)
     code = main(["segment", str(tmp_path / "in"), str(tmp_path / "out"), "--background", "60",
-                 "--sigma", "1", "--min-size", "4", "--beamstop", "0", "3", "0", "3"])
+                 "--sigma", "1", "--min-size", "4", "--beamstop", "0,3,0,3"])
     assert code == 0
     out = tmp_path / "out"
     names = sorted(p.name for p in out.iterdir())
     assert names == sorted([f"img_{i}.tif" for i in range(11)]
-                           + ["segmentation.json", "spots.csv"])
+                           + [".labdct-live-output", "segmentation.json", "spots.csv"])
     masks, spots = standard_routine(
         frames, RoutineParams(background=60, sigma=1, min_size=4),
         exclude=np.pad(np.ones((4, 4), bool), ((0, 60), (0, 60))))

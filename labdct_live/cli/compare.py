@@ -44,11 +44,24 @@ def register(subparsers) -> None:
                    default="auto", help="file format of the reconstructions (default: auto)")
     p.add_argument("--reference-format", choices=("auto", "gm3d", "grainrecon", "dream3d"),
                    default="auto", help="file format of the reference (default: auto)")
-    p.add_argument("--labels", nargs="+", metavar="NAME",
-                   help="names of the reconstructions in the report")
+    p.add_argument("--labels", type=_label_list, metavar="NAME[,NAME]",
+                   help="names of the reconstructions in the report, as ONE comma-separated "
+                        "argument (e.g. routine,U-Net)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out if it is an earlier output of labdct-live (it holds the "
+                        ".labdct-live-output marker); other folders are never replaced")
     p.add_argument("--grains", default=None, metavar="ID,ID",
                    help="reference grains for deviation maps (default: 3 largest paired)")
     p.set_defaults(func=run)
+
+
+def _label_list(text: str) -> list[str]:
+    """``--labels`` value: comma-separated names (one argument, so it cannot take the
+    positional files that follow it)."""
+    labels = [name.strip() for name in text.split(",")]
+    if not all(labels):
+        raise argparse.ArgumentTypeError(f"expected comma-separated names, got {text!r}")
+    return labels
 
 
 def _grain_list(text: str | None) -> list[int] | None:
@@ -63,6 +76,7 @@ def _grain_list(text: str | None) -> list[int] | None:
 def run(args: argparse.Namespace) -> int:
     from ..compare import compare_grainmaps, delta_gb_ratio, write_report
     from ..grainmap import read_grainmap
+    from ..io import AtomicOutputDir, require_hdf5
 
     paths = [args.reconstruction] + ([args.second] if args.second else [])
     labels = list(args.labels or [])
@@ -70,6 +84,12 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--labels: give {len(paths)} names, got {len(labels)}")
     labels = labels or (["reconstruction", "second"] if args.second else ["reconstruction"])
     grains = _grain_list(args.grains)
+    # All inputs before the (slow) comparison: h5py's error would not name the file.
+    for what, path in [("REFERENCE", args.reference), ("RECONSTRUCTION", args.reconstruction),
+                       ("--second", args.second)]:
+        if path is not None:
+            require_hdf5(path, f"{what} grain map")
+    output = AtomicOutputDir(args.out, overwrite=args.overwrite, inputs=[args.reference, *paths])
     reference = read_grainmap(args.reference, args.reference_format)
     comparisons = []
     for label, path in zip(labels, paths):
@@ -80,7 +100,9 @@ def run(args: argparse.Namespace) -> int:
             resample=args.resample, label=label, progress=args.verbose > 0,
         ))
     sources = {"reference": str(args.reference)} | dict(zip(labels, map(str, paths)))
-    report = write_report(comparisons, args.out, deviation_grains=grains, sources=sources)
+    with output as tmp:  # the report folder appears at --out only when complete
+        write_report(comparisons, tmp, deviation_grains=grains, sources=sources)
+    report = output.final / "report.md"
     for comp in comparisons:
         c = comp.counts()
         print(f"{comp.label}: {c['indexed']} indexed, {c['one_to_one']} one-to-one, "

@@ -16,6 +16,7 @@ ORDER = 0
 def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
+    from ..io import work_folder
     from ..plans import labdct_scan
     from ..session import LiveSession
 
@@ -25,8 +26,9 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     print(f"labdct-live demo: {args.projections} projections of {args.sample}, "
           f"method {args.method}, work folder {args.out}")
-    with LiveSession(args.out, method=args.method, target_snr=args.target_snr,
-                     report=tqdm.write) as session:
+    with work_folder(args.out), LiveSession(args.out, method=args.method,
+                                             target_snr=args.target_snr,
+                                             report=tqdm.write) as session:
         detector, rotation = session.simulated_instrument(
             args.sample, seed=args.seed, detector_shape=args.detector, exposure=args.exposure)
         bar = tqdm(total=args.projections, desc="scan", unit="frame")

@@ -8,8 +8,6 @@ from pathlib import Path
 
 import numpy as np
 
-from . import CLIError
-
 ORDER = 35
 
 
@@ -18,12 +16,12 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from .. import __version__
-    from ..io import AtomicOutputDir, open_frame_folder, write_tiff_atomic
+    from ..io import AtomicOutputDir, open_frame_folder, tiff_layout_tags, write_tiff_atomic
     from ..models import Denoiser
 
     input_dir, out = Path(args.input_dir), Path(args.output_dir)
-    if out.resolve() == input_dir.resolve():
-        raise CLIError("OUTPUT_DIR must differ from INPUT_DIR (outputs keep the frames' names)")
+    # Checked before any work: OUTPUT_DIR must not be, hold or lie in an input.
+    output = AtomicOutputDir(out, overwrite=args.overwrite, inputs=[input_dir, args.model])
     stack = open_frame_folder(input_dir)
     denoiser = Denoiser(args.model, tile=args.tile, overlap=args.overlap,
                         batch_size=args.batch_size, threads=args.threads, device=args.device,
@@ -35,15 +33,17 @@ def run(args: argparse.Namespace) -> int:
             return np.rint(np.clip(image, 0.0, 1.0) * 255).astype(np.uint8)
         return image
 
-    with AtomicOutputDir(out, overwrite=args.overwrite) as tmp:
-        stacks = {f: tifffile.memmap(tmp / f.name, shape=(n,) + stack.shape, dtype=dtype)
+    with output as tmp:
+        stacks = {f: tifffile.memmap(tmp / f.name, shape=(n,) + stack.shape, dtype=dtype,
+                                     photometric="minisblack",  # 3 frames are not RGB
+                                     **tiff_layout_tags(f))
                   for f, n, is_stack in zip(stack.files, stack.frames_per_file, stack.is_stack)
                   if is_stack}
         with tqdm(total=len(stack), desc="denoise", unit="frame") as bar:
             for (path, page), frame in zip(stack.locations, stack):
                 image = encode(denoiser(frame))
                 if page is None:
-                    write_tiff_atomic(tmp / path.name, image)
+                    write_tiff_atomic(tmp / path.name, image, **tiff_layout_tags(path))
                 else:
                     stacks[path][page] = image
                 bar.update()
@@ -87,5 +87,7 @@ def register(subparsers) -> None:
                    help="network precision (bfloat16: ~2x faster on recent CPUs)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the network (slow first frame, faster after)")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUTPUT_DIR")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace OUTPUT_DIR if it is an earlier output of labdct-live (it holds "
+                        "the .labdct-live-output marker); other folders are never replaced")
     p.set_defaults(func=run)

@@ -81,12 +81,17 @@ def _command_line(args: argparse.Namespace) -> str:
 def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from ..io import open_frame_folder
+    from ..io import check_output_dir, open_frame_folder
     from ..metrics import evaluate_frames
     from ..report import markdown_table, summary_table, write_report
     from ..segment import as_labels
 
     bins = _parse_bins(args.bins)
+    out = Path(args.out) if args.out else Path(args.pred) / "evaluation"
+    # Before any work. A report replaces an earlier report (write_report's default), never
+    # other files; it may lie inside PRED (the default) but not in the truth or frames.
+    check_output_dir(out, [args.truth, args.pred, args.frames], overwrite=True,
+                     nest_in=[args.pred])
     truth = _Truth(Path(args.truth), Path(args.frames) if args.frames else None)
     pred = open_frame_folder(args.pred)
     truth_index = {n: i for i, n in enumerate(truth.names)}
@@ -118,7 +123,6 @@ def run(args: argparse.Namespace) -> int:
     if not evaluation.by_snr.empty:
         print()
         print(markdown_table(evaluation.by_snr.drop(columns=["snr_min", "snr_max"])))
-    out = Path(args.out) if args.out else Path(args.pred) / "evaluation"
     report = write_report(out, {name: evaluation}, context={
         "truth": Path(args.truth).resolve(), "prediction": Path(args.pred).resolve(),
         "input frames": truth.frames.folder.resolve() if truth.frames else "none",
@@ -144,7 +148,9 @@ def register(subparsers) -> None:
     p.add_argument("--frames", metavar="DIR",
                    help="input frames the SNR is measured on (default: TRUTH/frames for a "
                         "simulated scan; without frames no SNR bins)")
-    p.add_argument("--out", metavar="DIR", help="report folder (default PRED/evaluation)")
+    p.add_argument("--out", metavar="DIR",
+                   help="report folder (default PRED/evaluation); an earlier report there is "
+                        "replaced, a folder labdct-live did not write never is")
     p.add_argument("--name", help="name of the prediction in the report (default: PRED's)")
     p.add_argument("--bins", default="0,1,2,4,8,16,inf",
                    help="SNR bin edges (default 0,1,2,4,8,16,inf)")

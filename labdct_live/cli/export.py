@@ -100,9 +100,14 @@ def load_source(args: argparse.Namespace) -> tuple[Any, dict, Any]:
 
 def run(args: argparse.Namespace) -> int:
     from ..export import ExportMetadata, export_scan
+    from ..io import check_output_dir
 
     if args.raw and args.format != "nexus":
         raise CLIError("--raw is only used by --format nexus")
+    # Before reading anything: --out must not be, hold or lie in an input (export_scan
+    # checks the folder again, without knowing the inputs).
+    check_output_dir(args.out, [args.source, args.scan, args.meta, args.raw],
+                     overwrite=args.overwrite)
     frames, metadata, raw = load_source(args)
     metadata = ExportMetadata.from_dict(metadata)
     options = {"raw_frames": raw} if raw is not None else {}
@@ -137,7 +142,9 @@ def register(subparsers) -> None:
     p.add_argument("--raw", metavar="DIR",
                    help="nexus only: also archive the raw frames of this folder (same names "
                         "as SOURCE)")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty DIR")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace DIR if it is an earlier output of labdct-live (it holds the "
+                        ".labdct-live-output marker); other folders are never replaced")
     c = p.add_argument_group("from a tiled catalog (instead of SOURCE)")
     c.add_argument("--from-catalog", metavar="UID",
                    help="export processed/<UID> (a raw run's uid, or a replay's node key)")

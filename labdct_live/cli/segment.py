@@ -79,11 +79,38 @@ def _build_routine(args: argparse.Namespace, exclude: np.ndarray | None):
     return segment, {"params": params.to_dict(), "circular": circular}
 
 
+#: Range of the U-Net's output (a sigmoid): a threshold must lie in [0, 1) to select anything
+#: but everything (below 0) or nothing (1 and above).
+DL_OUTPUT_RANGE = (0.0, 1.0)
+
+
+def _check_threshold(threshold: float | None) -> None:
+    low, high = DL_OUTPUT_RANGE
+    if threshold is not None and not low <= threshold < high:
+        raise CLIError(f"--threshold {threshold:g} is outside the U-Net's output range "
+                       f"[{low:g}, {high:g}): give {low:g} <= T < {high:g} (default: the "
+                       "model's calibrated threshold)")
+
+
+def _model_identity(model: str | None, denoiser) -> tuple[str, str]:
+    """``(name, sha256 of the weight file)`` of the model ``segment --method dl`` runs."""
+    from ..models import DEFAULT_MODEL, pretrained_path
+    from ..models.checkpoint import file_sha256
+
+    path = Path(model) if model else pretrained_path(DEFAULT_MODEL)
+    sha256 = denoiser.metadata.get("sha256") or file_sha256(path)
+    if model is None:
+        return DEFAULT_MODEL, sha256  # the shipped model is named after its architecture
+    architecture = denoiser.architecture or {}
+    return f"{path.name} ({architecture.get('name', 'unknown architecture')})", sha256
+
+
 @register_method("dl", "U-Net denoising, then one threshold (needs the trained U-Net)")
 def _build_dl(args: argparse.Namespace, exclude: np.ndarray | None):
     from ..models.inference import Denoiser
     from ..segment import FrameResult, label_spots, spot_table, threshold_segment
 
+    _check_threshold(args.threshold)
     try:
         denoiser = Denoiser(args.model, threads=args.threads)
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
@@ -97,11 +124,10 @@ def _build_dl(args: argparse.Namespace, exclude: np.ndarray | None):
             labels, _ = label_spots(mask)
             yield FrameResult(index, mask, labels, spot_table(labels, denoised), denoised)
 
-    meta = denoiser.metadata
+    name, sha256 = _model_identity(args.model, denoiser)
     return segment, {"model": str(args.model or "shipped"), "threshold": float(threshold),
-                     "min_size": args.dl_min_size,
-                     "model_name": meta.get("name") or meta.get("architecture", ""),
-                     "model_hash": meta.get("sha256", "")}
+                     "min_size": args.dl_min_size, "model_name": name,
+                     "model_hash": sha256}
 
 
 def _resolve_input(input_dir: Path) -> tuple[Path, np.ndarray | None, str]:
@@ -114,20 +140,44 @@ def _resolve_input(input_dir: Path) -> tuple[Path, np.ndarray | None, str]:
     return input_dir, None, "none"
 
 
-def _beamstop_from_args(value: list[str] | None, shape: tuple[int, int],
+#: ``--beamstop`` value meaning "no beam stop".
+NO_BEAMSTOP = "none"
+
+
+def parse_beamstop(text: str) -> tuple[int, int, int, int] | str:
+    """``--beamstop`` value: ``ROW0,ROW1,COL0,COL1`` (inclusive pixels) or ``none``.
+
+    One argument, so that the option can never take the positional folders after it.
+
+    Raises
+    ------
+    argparse.ArgumentTypeError
+        For anything else.
+    """
+    if text.strip().lower() == NO_BEAMSTOP:
+        return NO_BEAMSTOP
+    parts = text.replace(",", " ").split()
+    try:
+        values = tuple(int(v) for v in parts)
+    except ValueError:
+        values = ()
+    if len(values) != 4:
+        raise argparse.ArgumentTypeError(
+            f"expected ROW0,ROW1,COL0,COL1 (four integers in one argument, e.g. "
+            f"--beamstop 544,1496,526,1487) or 'none', got {text!r}")
+    return values  # type: ignore[return-value]
+
+
+def _beamstop_from_args(value: tuple[int, int, int, int] | str | None, shape: tuple[int, int],
                         default: np.ndarray | None) -> np.ndarray | None:
     if value is None:
         return default
-    if value == ["none"]:
+    if value == NO_BEAMSTOP:
         return None
-    try:
-        r0, r1, c0, c1 = (int(v) for v in value)
-    except ValueError:
-        raise CLIError(f"--beamstop takes ROW0 ROW1 COL0 COL1 (inclusive pixels) or 'none', "
-                       f"got {' '.join(value)}") from None
+    r0, r1, c0, c1 = value
     if not (0 <= r0 <= r1 < shape[0] and 0 <= c0 <= c1 < shape[1]):
-        raise CLIError(f"--beamstop {r0} {r1} {c0} {c1} is outside the {shape[0]}x{shape[1]} "
-                       "frames")
+        raise CLIError(f"--beamstop {r0},{r1},{c0},{c1} is outside the {shape[0]}x{shape[1]} "
+                       "frames (rows and columns count from 0, both ends included)")
     mask = np.zeros(shape, dtype=bool)
     mask[r0:r1 + 1, c0:c1 + 1] = True
     return mask
@@ -152,9 +202,13 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from .. import __version__
-    from ..io import AtomicOutputDir, open_frame_folder, write_mask_tiff
+    from ..io import AtomicOutputDir, open_frame_folder, tiff_layout_tags, write_mask_tiff
 
     input_dir, exclude, beamstop_source = _resolve_input(Path(args.input_dir))
+    out = Path(args.output_dir)
+    # Checked before any work: OUTPUT_DIR must not be, hold or lie in an input.
+    output = AtomicOutputDir(out, overwrite=args.overwrite,
+                             inputs=[args.input_dir, input_dir, args.params, args.model])
     stack = open_frame_folder(input_dir)
     if args.beamstop is not None:
         beamstop_source = "--beamstop"
@@ -163,22 +217,21 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"the beam-stop mask ({exclude.shape}) does not fit the "
                        f"{stack.shape} frames; pass --beamstop")
     segment, settings = METHODS[args.method].build(args, exclude)
-    out = Path(args.output_dir)
-    if out.resolve() == input_dir.resolve():
-        raise CLIError("OUTPUT_DIR must differ from INPUT_DIR (masks keep the frames' names)")
 
     locations = stack.locations
     names = stack.names
     tables, seen = [], set()
-    with AtomicOutputDir(out, overwrite=args.overwrite) as tmp:
-        stacks = {f: tifffile.memmap(tmp / f.name, shape=(n,) + stack.shape, dtype=np.uint8)
+    with output as tmp:
+        stacks = {f: tifffile.memmap(tmp / f.name, shape=(n,) + stack.shape, dtype=np.uint8,
+                                     photometric="minisblack",  # 3 frames are not RGB
+                                     **tiff_layout_tags(f))
                   for f, n, is_stack in zip(stack.files, stack.frames_per_file, stack.is_stack)
                   if is_stack}
         with tqdm(total=len(stack), desc=f"segment ({args.method})", unit="frame") as bar:
             for result in segment(stack):
                 path, page = locations[result.index]
                 if page is None:
-                    write_mask_tiff(tmp / path.name, result.mask)
+                    write_mask_tiff(tmp / path.name, result.mask, like=path)
                 else:
                     stacks[path][page] = np.where(result.mask > 0, 255, 0)
                 tables.append(_spot_rows(result, stack[result.index], exclude,
@@ -215,15 +268,19 @@ def register(subparsers) -> None:
     p.add_argument("output_dir", metavar="OUTPUT_DIR", help="output folder (created)")
     p.add_argument("--method", choices=sorted(METHODS), default="routine",
                    help="; ".join(f"{m.name}: {m.help}" for m in METHODS.values()))
-    p.add_argument("--beamstop", nargs="+", metavar="PIXELS",
-                   help="beam-stop rectangle ROW0 ROW1 COL0 COL1 (inclusive), or 'none' "
+    p.add_argument("--beamstop", type=parse_beamstop, metavar="R0,R1,C0,C1|none",
+                   help="beam-stop rectangle as ONE argument: rows R0..R1 and columns C0..C1, "
+                        "inclusive, comma-separated (e.g. 544,1496,526,1487), or 'none' "
                         "(default: from scan.json for a simulated scan, else none)")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUTPUT_DIR")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace OUTPUT_DIR if it is an earlier output of labdct-live (it holds "
+                        "the .labdct-live-output marker); other folders are never replaced")
     d = p.add_argument_group("dl options")
     d.add_argument("--model", default=None,
                    help="checkpoint file (default: the model shipped with the package)")
     d.add_argument("--threshold", type=float, default=None,
-                   help="threshold of the denoised image (default: the model's calibrated one)")
+                   help="threshold of the denoised image, 0 <= T < 1 (the U-Net's sigmoid "
+                        "output; default: the model's calibrated one)")
     d.add_argument("--dl-min-size", type=int, default=2, help="minimum spot size, pixels")
     d.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     g = p.add_argument_group("routine options")

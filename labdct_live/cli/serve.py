@@ -18,10 +18,13 @@ def run(args: argparse.Namespace) -> int:
 
     from ..catalog import CatalogServer, Terminated, stop_on_signals
 
+    from ..io import probe_writable
+
     directory = Path(args.directory)
     if not (directory / "catalog.db").exists() and not args.create:
         raise FileNotFoundError(f"{directory} holds no catalog (catalog.db); pass --create to "
                                 "start a new one")
+    probe_writable(directory / "catalog.db")  # a clear error now, not one from the server
     raw = [args.raw] if args.raw else [directory.parent / "raw"]
     with stop_on_signals(), CatalogServer(directory, readable_storage=raw,
                                           port=args.port) as server:
@@ -37,11 +40,23 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _port(text: str) -> int:
+    """``--port`` value: a TCP port number."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a TCP port 1-65535, got {text!r}")
+    return port
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser("serve", help="serve an embedded catalog folder",
                               description=__doc__)
     p.add_argument("directory", help="catalog folder (e.g. out/demo/catalog)")
     p.add_argument("--raw", default=None, help="folder of raw detector files (default ../raw)")
-    p.add_argument("--port", type=int, default=None)
+    p.add_argument("--port", type=_port, default=None,
+                   help="TCP port, 1-65535 (default: a free one)")
     p.add_argument("--create", action="store_true", help="create the catalog if missing")
     p.set_defaults(func=run)

@@ -76,17 +76,8 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..backgrounds import extract_backgrounds
-    from ..datasets import (
-        CropSettings,
-        ProjectionCache,
-        build_projection_cache,
-        paper_acquisitions,
-        varied_acquisitions,
-        write_pair_dataset,
-    )
+    from ..io import open_frame_folder, work_folder
     from ..presets import PRESETS
-    from ..synthesis import SynthesisConfig
 
     for name in args.samples:
         if name not in PRESETS:
@@ -101,6 +92,26 @@ def run(args: argparse.Namespace) -> int:
     pairs_file = out / "pairs.h5"
     if pairs_file.exists() and not args.overwrite:
         raise CLIError(f"{pairs_file} exists; choose another --out or pass --overwrite")
+    # Inputs before the (long) simulation: every frame header is checked here.
+    stack = open_frame_folder(args.background_stack) if args.background_stack else None
+    # --out grows (a resumable projection cache): checked, not built aside and renamed.
+    with work_folder(out, [args.background_stack]):
+        return _synthesise(args, out, pairs_file, stack)
+
+
+def _synthesise(args: argparse.Namespace, out: Path, pairs_file: Path, stack) -> int:
+    from ..backgrounds import extract_backgrounds
+    from ..datasets import (
+        CropSettings,
+        ProjectionCache,
+        build_projection_cache,
+        paper_acquisitions,
+        varied_acquisitions,
+        write_pair_dataset,
+    )
+    from ..io import atomic_file
+    from ..synthesis import SynthesisConfig
+
     synth_options = {"i0": args.i0, "tau": args.tau, "target": args.target}
     if args.snr is not None:
         synth_options["median_snr_range"] = tuple(args.snr)
@@ -120,10 +131,7 @@ def run(args: argparse.Namespace) -> int:
         cache = build_projection_cache(cache_dir, acquisitions, args.projections, seed=args.seed)
 
     backgrounds = None
-    if args.background_stack is not None:
-        from ..io import open_frame_folder
-
-        stack = open_frame_folder(args.background_stack)
+    if stack is not None:
         backgrounds = extract_backgrounds(stack, window=args.background_window)
     seeds = list(range(args.seed * 1000, args.seed * 1000 + args.backgrounds)) or None
     write_pair_dataset(pairs_file, cache, args.pairs, validation_fraction=args.validation,
@@ -134,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
                "config": config.to_dict(), "crop": args.crop, "format": args.input_format,
                "backgrounds": ("extracted" if backgrounds is not None else
                                (seeds if seeds else "fresh per frame"))}
-    (out / "synth.json").write_text(json.dumps(summary, indent=1))
+    with atomic_file(out / "synth.json") as tmp:
+        tmp.write_text(json.dumps(summary, indent=1))
     print(f"wrote {args.pairs} pairs to {pairs_file}")
     return 0

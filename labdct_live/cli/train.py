@@ -69,13 +69,22 @@ def _settings(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..io import work_folder
+
+    s = _settings(args)
+    # The run folder is resumable, so written in place; checked before the data is read.
+    with work_folder(args.out, [None if s["data"] == "on-the-fly" else s["data"],
+                                s["cache"], s["encoder_weights"]]):
+        return _train(args, s)
+
+
+def _train(args: argparse.Namespace, s: dict) -> int:
     import torch
 
     from ..models import get_model, load_resnet34_weights
     from ..models.data import fixed_dataset_batches, on_the_fly_batches
     from ..models.train import TrainConfig, train
 
-    s = _settings(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     config = TrainConfig(
@@ -99,10 +108,13 @@ def run(args: argparse.Namespace) -> int:
             val_batches=s["val_batches"], validation_fraction=s["validation_fraction"],
             chunk_steps=s["val_every"], seed=s["seed"], synthesis=synthesis)
     else:
+        from ..io import require_hdf5
+
         path = Path(s["data"])
         if not path.is_file():
             raise CLIError(f"--data {path}: no such file (give 'on-the-fly' or a pair-dataset "
                            "file)")
+        require_hdf5(path, "--data pair-dataset file")
         train_data, val_data, recipe = fixed_dataset_batches(
             path, batch_size=s["batch_size"], val_batches=s["val_batches"], seed=s["seed"])
         if recipe["attributes"].get("input_format") == "uint8":

@@ -29,11 +29,19 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from .. import __version__
-    from ..io import open_frame_folder
+    from ..io import atomic_file, make_parent_folder, open_frame_folder, probe_writable
     from ..scanfiles import SimulatedScan
     from ..segment import RollingMedianSubtractor
     from ..tune import tune_routine
 
+    out = Path(args.out)
+    trials_csv = out.with_suffix(".trials.csv")
+    # Before the search, which can take minutes: both files must be writable.
+    for path in (out, trials_csv):
+        if path.is_dir():
+            raise CLIError(f"--out {args.out}: {path} is a folder; give a file name "
+                           "(e.g. tuned.json)")
+        probe_writable(path)
     scan = SimulatedScan.open(args.truth)
     frames = open_frame_folder(Path(args.frames) if args.frames else Path(args.truth) / "frames")
     if len(frames) != len(scan):
@@ -54,15 +62,17 @@ def run(args: argparse.Namespace) -> int:
 
     result = tune_routine(stack, truth, search=args.search, n_trials=args.trials,
                           window=args.window, exclude=exclude, seed=args.seed)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    trials_csv = out.with_suffix(".trials.csv")
-    result.trials.to_csv(trials_csv, index=False)
-    out.write_text(json.dumps({
-        "params": result.best.to_dict(), "f1": result.best_f1, "truth": str(args.truth),
-        "frames": str(frames.folder), "subset": subset, "search": args.search,
-        "trials": len(result.trials), "seed": args.seed, "labdct_live_version": __version__,
-    }, indent=2))
+    make_parent_folder(out)
+    # Each file appears whole or not at all; the parameters last, as they vouch for the run.
+    with atomic_file(trials_csv) as tmp:
+        result.trials.to_csv(tmp, index=False)
+    with atomic_file(out) as tmp:
+        tmp.write_text(json.dumps({
+            "params": result.best.to_dict(), "f1": result.best_f1, "truth": str(args.truth),
+            "frames": str(frames.folder), "subset": subset, "search": args.search,
+            "trials": len(result.trials), "seed": args.seed,
+            "labdct_live_version": __version__,
+        }, indent=2))
     print(result.trials.head(10).to_string(index=False))
     print(f"\nbest {result.best} F1 {result.best_f1:.3f}\nwrote {out} and {trials_csv}")
     return 0

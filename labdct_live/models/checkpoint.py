@@ -21,6 +21,7 @@ never leaves a truncated file under the final name.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import pickle
@@ -40,6 +41,7 @@ __all__ = [
     "CHECKPOINT_FORMAT",
     "CheckpointError",
     "export_checkpoint",
+    "file_sha256",
     "load_checkpoint",
     "load_model",
     "model_from_checkpoint",
@@ -178,12 +180,67 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     missing = [key for key in _REQUIRED if key not in checkpoint]
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks required entries {missing}")
-    if checkpoint["format_version"] > CHECKPOINT_VERSION:
+    version = checkpoint["format_version"]
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise CheckpointError(f"checkpoint {path}: format_version is {version!r}, expected an "
+                              "integer")
+    if version > CHECKPOINT_VERSION:
         raise CheckpointError(
-            f"checkpoint {path} has format version {checkpoint['format_version']}, newer than "
+            f"checkpoint {path} has format version {version}, newer than "
             f"this labdct-live ({__version__}) reads ({CHECKPOINT_VERSION}): upgrade labdct-live"
         )
+    _check_structure(checkpoint, f"checkpoint {path}")
     return checkpoint
+
+
+def _type_name(value: Any) -> str:
+    return "None" if value is None else type(value).__name__
+
+
+def _check_structure(checkpoint: dict, source: str) -> None:
+    """Raise :class:`CheckpointError` unless the entries have the documented types.
+
+    ``weights_only`` loading guarantees plain values, not the layout; a hand-made or damaged
+    file would otherwise fail later with a TypeError or AttributeError far from its cause.
+    """
+    architecture = checkpoint["architecture"]
+    if not isinstance(architecture, dict):
+        raise CheckpointError(
+            f"{source}: 'architecture' is a {_type_name(architecture)} ({architecture!r:.60}), "
+            "expected a dict {'name': registry name, 'config': {...}}")
+    if not isinstance(architecture.get("name"), str):
+        raise CheckpointError(f"{source}: architecture 'name' is "
+                              f"{architecture.get('name')!r}, expected a registry name (str)")
+    if not isinstance(architecture.get("config", {}), dict):
+        raise CheckpointError(f"{source}: architecture 'config' is a "
+                              f"{_type_name(architecture['config'])}, expected a dict")
+    state = checkpoint["state_dict"]
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{source}: 'state_dict' is a {_type_name(state)}, expected a "
+                              "dict of tensors")
+    bad = [key for key, value in state.items()
+           if not isinstance(key, str) or not isinstance(value, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"{source}: 'state_dict' entries {bad[:3]} are not named tensors")
+    for key in ("training", "data", "metrics", "inference"):
+        value = checkpoint.get(key)
+        if value is not None and not isinstance(value, dict):
+            raise CheckpointError(f"{source}: '{key}' is a {_type_name(value)}, expected a dict")
+    threshold = (checkpoint.get("inference") or {}).get("threshold")
+    if threshold is not None and (isinstance(threshold, bool)
+                                  or not isinstance(threshold, (int, float))
+                                  or not 0.0 <= threshold < 1.0):
+        raise CheckpointError(f"{source}: inference threshold {threshold!r} is not a number "
+                              "in [0, 1)")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file (identifies the exact weights a result was made with)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def model_from_checkpoint(checkpoint: dict, source: str = "checkpoint") -> nn.Module:
@@ -197,7 +254,11 @@ def model_from_checkpoint(checkpoint: dict, source: str = "checkpoint") -> nn.Mo
     CheckpointError
         Unknown architecture name, invalid configuration, or weights that do not fit.
     """
-    name = checkpoint["architecture"].get("name")
+    if not isinstance(checkpoint, dict) or any(key not in checkpoint for key in _REQUIRED):
+        raise CheckpointError(f"{source} is not a labdct-live checkpoint dict with entries "
+                              f"{list(_REQUIRED)}")
+    _check_structure(checkpoint, source)
+    name = checkpoint["architecture"]["name"]
     config = checkpoint["architecture"].get("config", {})
     if name not in list_models():
         raise CheckpointError(
@@ -242,14 +303,18 @@ def load_model(path: str | os.PathLike) -> nn.Module:
     Returns
     -------
     torch.nn.Module
-        The network, with ``model.architecture`` and ``model.metadata``.
+        The network, with ``model.architecture`` and ``model.metadata`` (which also holds
+        ``file`` and ``sha256``, the file's SHA-256).
 
     Raises
     ------
     FileNotFoundError, CheckpointError
         See :func:`load_checkpoint` and :func:`model_from_checkpoint`.
     """
-    return model_from_checkpoint(load_checkpoint(path), source=f"checkpoint {path}")
+    model = model_from_checkpoint(load_checkpoint(path), source=f"checkpoint {path}")
+    # Which file, exactly, the weights came from (recorded by e.g. segment --method dl).
+    model.metadata.update(file=str(path), sha256=file_sha256(path))
+    return model
 
 
 def export_checkpoint(
