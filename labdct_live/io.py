@@ -44,6 +44,7 @@ import tifffile
 
 __all__ = [
     "TIFF_SUFFIXES",
+    "CommandRun",
     "FrameReadError",
     "EmptyFolderError",
     "FrameStack",
@@ -738,7 +739,8 @@ def require_free_space(folder: str | os.PathLike, n_bytes: int, what: str = "the
     Parameters
     ----------
     folder : path-like
-        Where the output will be written (need not exist yet).
+        The output that will be written (need not exist yet; the space is that of its
+        nearest existing folder).
     n_bytes : int
         Estimated size of the output.
     what : str

@@ -243,6 +243,34 @@ def test_output_in_a_read_only_folder_is_one_line(command, tmp_path, scan, meta_
         locked.chmod(0o700)
 
 
+def _mount_tmpfs(mount: Path, options: str) -> None:
+    mount.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount)],
+                            capture_output=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {result.stderr.decode().strip()}")
+
+
+@pytest.fixture
+def read_only_disk(tmp_path):
+    """A read-only tmpfs (needs mount rights; skipped otherwise): EROFS even for root."""
+    mount = tmp_path / "ro"
+    _mount_tmpfs(mount, "ro,size=16k")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+
+
+@pytest.mark.parametrize("command", ["segment", "simulate", "evaluate", "tune", "demo"])
+def test_output_on_a_read_only_file_system_is_one_line(command, tmp_path, scan, meta_file,
+                                                       read_only_disk, capsys):
+    out = read_only_disk / "out"
+    line = error_line(*run_cli(_unwritable_argv(command, out, tmp_path, scan, meta_file),
+                               capsys), command)
+    assert f"cannot write {out}" in line and "Read-only file system" in line
+
+
 # ---------------------------------------------------------------------------- disk full
 def test_simulate_refuses_up_front_when_the_disk_is_too_small(tmp_path, monkeypatch, capsys):
     real = shutil.disk_usage
@@ -251,7 +279,7 @@ def test_simulate_refuses_up_front_when_the_disk_is_too_small(tmp_path, monkeypa
     out = tmp_path / "sim"
     line = error_line(*run_cli(["simulate", "--sample", "D18", "--projections", "3",
                                 "--out", out], capsys), "simulate")
-    assert f"cannot write {tmp_path}" in line and "not enough free disk space" in line
+    assert f"cannot write {out}" in line and "not enough free disk space" in line
     assert "1.0 MB free" in line
     assert list(tmp_path.iterdir()) == []
 
@@ -260,11 +288,7 @@ def test_simulate_refuses_up_front_when_the_disk_is_too_small(tmp_path, monkeypa
 def tiny_disk(tmp_path):
     """A 16 kB tmpfs (needs root and mount rights; skipped otherwise)."""
     mount = tmp_path / "disk"
-    mount.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(mount)],
-                            capture_output=True)
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {result.stderr.decode().strip()}")
+    _mount_tmpfs(mount, "size=16k")
     try:
         yield mount
     finally:
@@ -277,7 +301,7 @@ def test_full_disk_is_one_line_and_leaves_nothing(command, tiny_disk, scan, caps
     argv = {"segment": ["segment", scan / "frames", out],
             "simulate": ["simulate", "--sample", "D18", "--projections", "1", "--out", out]}
     line = error_line(*run_cli(argv[command], capsys), command)
-    assert f"cannot write {out if command == 'segment' else tiny_disk}" in line
+    assert f"cannot write {out}" in line
     assert ("No space left on device" in line) if command == "segment" else \
         ("not enough free disk space" in line)
     assert list(tiny_disk.iterdir()) == []

@@ -53,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
         (tmp / "denoise.json").write_text(json.dumps({
             "model": "shipped" if args.model is None else str(args.model),
             "architecture": denoiser.architecture,
+            "model_hash": denoiser.metadata.get("sha256", ""),  # sha256 of the weight file
             "format": args.format, "tile": args.tile, "overlap": args.overlap,
             "precision": args.precision, "device": str(denoiser.device),
             "normalization": "labdct_live.synthesis.normalize_frame",

@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     output = AtomicOutputDir(args.out, overwrite=args.overwrite)  # checked before any work
     sample, geometry = build_acquisition(args)
     # HDF5 may crash the process when the disk fills mid-write: refuse up front instead.
-    require_free_space(output.final.parent, estimate_scan_bytes(sample, geometry),
+    require_free_space(output.final, estimate_scan_bytes(sample, geometry),
                        f"the simulated scan ({geometry.n_projections} projections)")
     with output as tmp:
         # The writer builds its folder beside tmp and renames it onto tmp (empty): the scan
