@@ -18,7 +18,10 @@ Layout (readable with a plain ``tiled.client``, no labdct_live import)::
 Writing: the binary array is pre-allocated and written one block (frame) at a time; table
 rows are appended. When the catalog cannot be reached, results go to a spool directory on
 local disk (one ``.npz`` per frame, written atomically) and are written, in order, as soon as
-the catalog answers again — every frame in is accounted for out.
+the catalog answers again — every frame in is accounted for out. A spool that cannot be
+written (disk full) keeps the results in memory instead, and says so in the node's
+``counts``. The spool's ``run.json`` describes the node, so that
+``labdct-live import-spool`` can write what a catalog that stayed away never received.
 """
 
 from __future__ import annotations
@@ -37,9 +40,11 @@ import pandas as pd
 import pyarrow as pa
 
 from . import __version__
+from .names import check_key
 from .spot_schema import SPOT_COLUMNS, conform_spots
 
-__all__ = ["FRAME_SCHEMA", "SPOT_SCHEMA", "ProcessedRunWriter", "frame_row"]
+__all__ = ["FRAME_SCHEMA", "SPOT_SCHEMA", "ProcessedRunWriter", "frame_row",
+           "frames_in_catalog", "describe_catalog_error"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +64,29 @@ SPOT_SCHEMA = pa.schema([(c.name, pa.from_numpy_dtype(np.dtype(c.dtype)))
 # Errors that mean "the catalog is not there right now": spool and retry later.
 _UNAVAILABLE = (httpx.TransportError, httpx.HTTPStatusError, ConnectionError, TimeoutError,
                 OSError)
+
+
+def describe_catalog_error(exc: BaseException) -> str:
+    """What went wrong talking to the catalog, in words: a refused API key (HTTP 401/403) is
+    not the same fault as a server that cannot be reached."""
+    if isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code in (401, 403):
+        return (f"the catalog refused the API key (HTTP {exc.response.status_code}); was the "
+                "server restarted with another key?")
+    return f"catalog unreachable ({type(exc).__name__}: {exc})"
+
+
+def frames_in_catalog(client, node: str) -> set[int]:
+    """Frames that already have a row in ``processed/<node>`` (written by a worker before
+    this one); empty when the node or the catalog is not there."""
+    try:
+        processed = client["processed"]
+        if node not in processed or "frames" not in processed[node]:
+            return set()
+        return {int(i) for i in processed[node]["frames"].read()["frame"]}
+    except (*_UNAVAILABLE, KeyError) as exc:
+        logger.warning("cannot read the frames already in processed/%s: %s", node,
+                       describe_catalog_error(exc))
+        return set()
 
 
 def frame_row(index: int, omega: float, exposure: float, status: str, summary: dict | None,
@@ -122,7 +150,6 @@ class ProcessedRunWriter:
         self.metadata = {**metadata, "package_version": __version__, "status": "running",
                          "n_frames": self.n_frames}
         self.spool_dir = Path(spool_dir)
-        self.spool_dir.mkdir(parents=True, exist_ok=True)
         self.retry_interval = retry_interval
         self._node = None
         self._binary = None
@@ -133,6 +160,41 @@ class ProcessedRunWriter:
         self._last_try = 0.0
         self.written = 0
         self.spooled_total = 0
+        self.spool_errors = 0  #: results kept in memory because the spool was not writable
+        self._held: list[_Result] = []  # those results
+        self.final: dict | None = None  #: final metadata of a node read back from its spool
+        self._save_description()
+
+    # ----------------------------------------------------------------- the spool's run.json
+    def _save_description(self, final: dict | None = None) -> None:
+        """Write ``run.json``: what :meth:`from_spool` needs to finish the node later."""
+        description = {"node": self.node_key, "n_frames": self.n_frames,
+                       "metadata": self.metadata, "frame_shape": self._shape, "final": final}
+        try:
+            self.spool_dir.mkdir(parents=True, exist_ok=True)
+            tmp = self.spool_dir / "run.json.tmp"
+            tmp.write_text(json.dumps(description, default=str))
+            os.replace(tmp, self.spool_dir / "run.json")
+        except OSError as exc:
+            logger.error("cannot write %s (%s)", self.spool_dir / "run.json", exc)
+
+    @classmethod
+    def from_spool(cls, client, spool_dir: str | os.PathLike) -> "ProcessedRunWriter":
+        """The writer of the node a spool belongs to (its ``run.json``), to write the spooled
+        results with :meth:`finalize`."""
+        spool_dir = Path(spool_dir)
+        try:
+            description = json.loads((spool_dir / "run.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{spool_dir} is not a results spool of labdct-live ({exc})") \
+                from None
+        metadata = {k: v for k, v in description["metadata"].items()
+                    if k not in ("status", "n_frames", "package_version")}
+        writer = cls(client, check_key(description["node"], "spooled node"),
+                     description["n_frames"], metadata, spool_dir,
+                     frame_shape=description["frame_shape"])
+        writer.final = description.get("final")
+        return writer
 
     # ------------------------------------------------------------------ catalog nodes
     def _ensure_nodes(self, shape: tuple[int, int]) -> None:
@@ -188,14 +250,25 @@ class ProcessedRunWriter:
         return sorted(self.spool_dir.glob("frame_*.npz"))
 
     def _spool(self, result: _Result, again: bool = False) -> None:
+        """Keep ``result`` on disk until the catalog answers; in memory when the disk fails."""
         path = self.spool_dir / f"frame_{result.index:06d}.npz"
         tmp = path.with_suffix(".tmp.npz")
         spots = result.spots if result.spots is not None else pd.DataFrame()
-        np.savez(tmp, index=result.index,
-                 binary=result.binary if result.binary is not None else np.zeros((0, 0), np.uint8),
-                 row=json.dumps(result.row), spots=spots.to_json(orient="split"),
-                 written=json.dumps(sorted(result.written)))
-        os.replace(tmp, path)
+        try:
+            self.spool_dir.mkdir(parents=True, exist_ok=True)
+            np.savez(tmp, index=result.index,
+                     binary=(result.binary if result.binary is not None
+                             else np.zeros((0, 0), np.uint8)),
+                     row=json.dumps(result.row), spots=spots.to_json(orient="split"),
+                     written=json.dumps(sorted(result.written)))
+            os.replace(tmp, path)
+        except OSError as exc:  # disk full, read-only: hold it in memory, say so
+            tmp.unlink(missing_ok=True)
+            self.spool_errors += 1
+            if self.spool_errors == 1:
+                logger.error("cannot spool results to %s (%s); keeping them in memory",
+                             self.spool_dir, exc)
+            self._held.append(result)
         self.spooled_total += not again
 
     @staticmethod
@@ -208,13 +281,13 @@ class ProcessedRunWriter:
 
     @property
     def pending(self) -> int:
-        """Results waiting in the spool."""
-        return len(self._spool_files())
+        """Results waiting for the catalog (spooled on disk or held in memory)."""
+        return len(self._held) + len(self._spool_files())
 
     def _try_flush(self, force: bool = False) -> bool:
-        """Write spooled results; True when the spool is empty."""
-        files = self._spool_files()
-        if not files:
+        """Write waiting results; True when none is left."""
+        n = self.pending
+        if not n:
             self._down_since = None
             return True
         now = time.monotonic()
@@ -223,7 +296,10 @@ class ProcessedRunWriter:
         self._last_try = now
         try:
             httpx.get(f"{self._base_uri()}/healthz", timeout=2.0).raise_for_status()
-            for path in files:
+            while self._held:
+                self._write_now(self._held[0])  # a failure keeps it (and what it wrote)
+                self._held.pop(0)
+            for path in self._spool_files():
                 result = self._unspool(path)
                 try:
                     self._write_now(result)
@@ -234,9 +310,9 @@ class ProcessedRunWriter:
         except _NotReady:
             return False
         except _UNAVAILABLE as exc:
-            logger.info("catalog still unreachable (%s); %d results spooled", exc, len(files))
+            logger.info("%s; %d results waiting", describe_catalog_error(exc), self.pending)
             return False
-        logger.warning("catalog back: wrote %d spooled results", len(files))
+        logger.warning("catalog back: wrote %d waiting results", n)
         self._down_since = None
         return True
 
@@ -254,7 +330,7 @@ class ProcessedRunWriter:
         if binary is not None:
             self._shape = tuple(binary.shape)
         result = _Result(index, binary, row, spots)
-        if self._down_since is not None or self._spool_files():
+        if self._down_since is not None or self.pending:
             if not self._try_flush():
                 self._spool(result)
                 return "spooled"
@@ -265,36 +341,52 @@ class ProcessedRunWriter:
             self._spool(result)
             return "spooled"
         except _UNAVAILABLE as exc:
-            logger.warning("catalog unreachable (%s): spooling results to %s", exc,
+            logger.warning("%s: spooling results to %s", describe_catalog_error(exc),
                            self.spool_dir)
             self._down_since = time.monotonic()
             self._last_try = time.monotonic()
             self._spool(result)
             return "spooled"
 
-    def finalize(self, counts: dict, timeout: float = 120.0) -> bool:
-        """Flush the spool (retrying up to ``timeout`` s) and mark the node complete.
+    def finalize(self, status: str, counts: dict, timeout: float = 120.0,
+                 extra: dict | None = None) -> bool:
+        """Write what waits (retrying up to ``timeout`` s), then the node's final ``status``,
+        ``counts`` and ``extra`` metadata.
 
-        Returns False when results remain spooled (the catalog stayed away); they stay on
-        disk in :attr:`spool_dir` and a later :meth:`finalize` writes them.
+        Returns False when results are still waiting (the catalog stayed away): those on disk
+        stay in :attr:`spool_dir` with the final metadata in its ``run.json``, for
+        ``labdct-live import-spool``; those held in memory are lost with the process.
         """
+        final = {"status": status, "counts": counts, **(extra or {})}
         deadline = time.monotonic() + timeout
         while not self._try_flush(force=True):
             if time.monotonic() > deadline:
-                logger.error("catalog unreachable for %.0f s: %d results stay spooled in %s",
-                             timeout, self.pending, self.spool_dir)
+                logger.error("the catalog stayed away for %.0f s: %d results wait in %s "
+                             "(%d of them only in memory)", timeout, self.pending,
+                             self.spool_dir, len(self._held))
+                self._save_description(final)
                 return False
             time.sleep(self.retry_interval)
-        status = "complete-with-errors" if counts.get("failed") else "complete"
         try:
             if self._node is None and self._shape is not None:
                 self._ensure_nodes(self._shape)
             if self._node is not None:
-                self._node.update_metadata({"status": status, "counts": counts})
+                self._node.update_metadata(final)
         except _UNAVAILABLE as exc:
-            logger.error("could not mark the processed node complete: %s", exc)
+            logger.error("could not write the processed node's final status: %s",
+                         describe_catalog_error(exc))
+            self._save_description(final)
             return False
+        self._remove_spool()
         return True
+
+    def _remove_spool(self) -> None:
+        """The spool of a finished node: nothing waits there any more."""
+        (self.spool_dir / "run.json").unlink(missing_ok=True)
+        try:
+            self.spool_dir.rmdir()
+        except OSError:
+            pass  # not empty (another file) or already gone: leave it
 
 
 class _NotReady(Exception):

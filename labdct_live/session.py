@@ -57,13 +57,16 @@ class LiveSession:
         Receives the monitor's advice lines (``print`` in the CLI).
     queue_size : int
         Frames waiting in memory before spilling to disk.
+    outage_limit : float
+        Seconds a catalog may stay away before the session stops waiting for it: the raw run
+        and the results then wait in ``workdir/spool`` for ``labdct-live import-spool``.
     """
 
     def __init__(self, workdir, *, catalog_uri: str | None = None, api_key: str | None = None,
                  method: str = "auto", method_options: dict | None = None,
                  target_snr: float = 4.0, export_formats=("grainrecon", "gm3d"),
                  reference=None, report: Callable[[str], None] | None = None,
-                 queue_size: int = 16):
+                 queue_size: int = 16, outage_limit: float = 300.0):
         self.workdir = Path(workdir).resolve()
         self.catalog_uri = catalog_uri
         self.api_key = api_key
@@ -74,6 +77,7 @@ class LiveSession:
         self.reference = reference
         self.report = report
         self.queue_size = queue_size
+        self.outage_limit = outage_limit
         self.server: CatalogServer | None = None
         self.processors: list[LiveProcessor] = []
         self.RE = None
@@ -81,6 +85,12 @@ class LiveSession:
         self.monitor: ExposureMonitor | None = None
         self.end_of_scan: EndOfScan | None = None
         self.raw_writer: ResilientTiledWriter | None = None
+        self._closed = False
+
+    @property
+    def spool_dir(self) -> Path:
+        """Where frames, results and raw runs wait when the catalog or processing is behind."""
+        return self.workdir / "spool"
 
     @property
     def raw_dir(self) -> Path:
@@ -96,24 +106,32 @@ class LiveSession:
             self.server = CatalogServer(self.workdir / "catalog", readable_storage=[self.raw_dir])
             self.server.start()
             self.catalog_uri, self.api_key = self.server.uri, self.server.api_key
-        self.client = connect(self.catalog_uri, self.api_key)
-        self.RE = RunEngine({})
-        # The raw run goes to tiled from a worker thread that rewrites the run after an
-        # outage: a catalog outage never aborts or slows the scan. batch_size=1 registers
-        # each frame as it comes (TiledWriter's default waits for the stop document).
-        self.raw_writer = ResilientTiledWriter(self.client, batch_size=1)
-        self.RE.subscribe(self.raw_writer)
-        self.monitor = ExposureMonitor(self.target_snr,
-                                       plot_path=self.workdir / "monitor" / "{uid}.png",
-                                       report=self.report)
-        self.RE.subscribe(self.monitor)
-        self.end_of_scan = EndOfScan(self.workdir / "export", self.export_formats,
-                                     reference=self.reference)
-        config = LiveConfig(client=connect(self.catalog_uri, self.api_key), method=self.method,
-                            method_options=self.method_options, queue_size=self.queue_size,
-                            spool_dir=self.workdir / "spool", listeners=[self.monitor.on_frame],
-                            end_of_scan=[self.end_of_scan])
-        self.RE.subscribe(live_router(config, self.processors))
+        try:
+            self.client = connect(self.catalog_uri, self.api_key)
+            self.RE = RunEngine({})
+            # The raw run goes to tiled from a worker thread that rewrites the run after an
+            # outage: a catalog outage never aborts or slows the scan. batch_size=1 registers
+            # each frame as it comes (TiledWriter's default waits for the stop document).
+            self.raw_writer = ResilientTiledWriter(self.client, batch_size=1,
+                                                   outage_limit=self.outage_limit,
+                                                   spool_dir=self.spool_dir / "raw")
+            self.RE.subscribe(self.raw_writer)
+            self.monitor = ExposureMonitor(self.target_snr,
+                                           plot_path=self.workdir / "monitor" / "{uid}.png",
+                                           report=self.report)
+            self.RE.subscribe(self.monitor)
+            self.end_of_scan = EndOfScan(self.workdir / "export", self.export_formats,
+                                         reference=self.reference)
+            config = LiveConfig(client=connect(self.catalog_uri, self.api_key),
+                                method=self.method, method_options=self.method_options,
+                                queue_size=self.queue_size,
+                                spool_dir=self.spool_dir, finalize_timeout=self.outage_limit,
+                                listeners=[self.monitor.on_frame],
+                                end_of_scan=[self.end_of_scan])
+            self.RE.subscribe(live_router(config, self.processors))
+        except BaseException:  # a half-open session must not leave its server running
+            self._stop_server()
+            raise
         return self
 
     def simulated_instrument(self, sample: str = "D35", *, seed: int = 1,
@@ -139,26 +157,43 @@ class LiveSession:
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until the raw runs are in the catalog and every run's processing (and
-        end-of-scan work) is done; False when ``timeout`` seconds (in all) pass first."""
+        end-of-scan work) is done.
+
+        Returns True when every raw run and every frame's result is in the catalog; False
+        when ``timeout`` seconds (in all) pass first, or when something waits in the spool
+        for ``labdct-live import-spool`` (a catalog that stayed away) or is missing (see each
+        processor's ``status`` and ``missing``).
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
 
         def left() -> float | None:
             return None if deadline is None else max(0.0, deadline - time.monotonic())
 
-        raw_done = self.raw_writer is None or self.raw_writer.flush(left())
-        return raw_done and all(p.wait(left()) for p in self.processors)
+        raw_done = self.raw_writer is None or (self.raw_writer.flush(left())
+                                               and not self.raw_writer.spooled_runs)
+        processed = [p.wait(left()) for p in self.processors]  # each, not up to a failure
+        return raw_done and all(processed)
 
     def close(self, timeout: float = 600.0) -> None:
         """Wait up to ``timeout`` s for pending work, then stop the embedded catalog.
 
         Work still pending then is logged; results stay in the spool for a later session.
+        Closing again does nothing.
         """
-        if not self.wait(timeout):
-            logger.error("closing with work pending after %.0f s: raw backlog %s, runs "
-                         "unfinished %d; spooled results stay in %s", timeout,
-                         self.raw_writer.backlog if self.raw_writer else 0,
-                         sum(not p.done.is_set() for p in self.processors),
-                         self.workdir / "spool")
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if not self.wait(timeout):
+                logger.error("closing with work pending or not in the catalog after %.0f s: "
+                             "raw backlog %s, runs unfinished %d; what waits stays in %s",
+                             timeout, self.raw_writer.backlog if self.raw_writer else 0,
+                             sum(not p.done.is_set() for p in self.processors),
+                             self.spool_dir)
+        finally:  # a Ctrl-C while waiting must not leave the server running
+            self._stop_server()
+
+    def _stop_server(self) -> None:
         if self.server is not None:
             self.server.stop()
             self.server = None

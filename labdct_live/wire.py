@@ -16,12 +16,15 @@ using it gets a clear error instead of a silently different document.
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Iterator
 from typing import Any
 
 import msgpack
 import numpy as np
 
-__all__ = ["ARRAY_EXT", "MAX_NDIM", "SCALAR_EXT", "WireDecodeError", "pack", "unpack"]
+__all__ = ["ARRAY_EXT", "MAX_NDIM", "SCALAR_EXT", "WireDecodeError", "pack", "unpack",
+           "append_document", "read_documents"]
 
 #: msgpack extension codes of a numpy array and of a numpy scalar ('L' and 'M').
 ARRAY_EXT = 76
@@ -182,3 +185,29 @@ def _array(dtype: np.dtype, shape: tuple[int, ...], data: bytes) -> np.ndarray:
         return np.frombuffer(data, dtype=dtype).reshape(shape).copy()
     except ValueError as exc:
         raise WireDecodeError(f"array of shape {shape} refused: {exc}") from exc
+
+
+# ------------------------------------------------------------------------ document files
+def append_document(path: str | os.PathLike, name: str, doc: dict) -> None:
+    """Append ``(name, doc)`` to a document file: records of a 4-byte big-endian length and
+    :func:`pack` of ``{"name": name, "doc": doc}``, flushed to disk."""
+    record = pack({"name": name, "doc": doc})
+    with open(path, "ab") as f:
+        f.write(len(record).to_bytes(4, "big") + record)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_documents(path: str | os.PathLike) -> Iterator[tuple[str, dict]]:
+    """The ``(name, doc)`` pairs of a document file written by :func:`append_document`; a
+    record cut short at the end (the writer died) is dropped, anything else malformed raises
+    :class:`WireDecodeError`."""
+    with open(path, "rb") as f:
+        while header := f.read(4):
+            record = f.read(int.from_bytes(header, "big"))
+            if len(header) < 4 or len(record) < int.from_bytes(header, "big"):
+                return
+            entry = unpack(record)
+            if not isinstance(entry.get("name"), str) or not isinstance(entry.get("doc"), dict):
+                raise WireDecodeError(f"{path}: a record that is not a (name, document) pair")
+            yield entry["name"], entry["doc"]

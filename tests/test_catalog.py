@@ -97,7 +97,7 @@ def test_a_result_written_in_part_is_completed_without_duplicates(server, tmp_pa
     spots = writer._spots.read()
     assert sorted(spots.frame) == [0, 0, 0, 1, 1]
     assert sorted(writer._frames.read().frame) == [0, 1]
-    assert writer.finalize({"processed": 2})
+    assert writer.finalize("complete", {"processed": 2})
     assert writer._node.metadata["status"] == "complete"
 
 

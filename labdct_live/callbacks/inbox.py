@@ -3,11 +3,16 @@
 ``put`` never blocks: up to ``maxsize`` items wait in memory; beyond that, items are spooled
 to local disk (frames as ``.npy``, references as JSON) and read back in order when the worker
 catches up. Once anything is on disk, newer items go there too, so the order is kept.
+
+A spool that cannot be written (disk full, read-only) loses nothing: the item stays in
+memory, the error is logged once and counted in :attr:`Inbox.spool_errors`, and the order is
+then kept only as far as the processing needs it (the end marker comes last).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 from collections import deque
@@ -16,9 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .readers import FrameRef, HDF5FrameRef
+from .readers import FrameRef, frame_ref_from_dict
 
 __all__ = ["FrameItem", "Inbox", "END"]
+
+logger = logging.getLogger(__name__)
 
 END = object()  #: sentinel: the run has stopped
 
@@ -50,6 +57,7 @@ class Inbox:
         self._cond = threading.Condition()
         self._counter = 0
         self.spooled = 0  #: items that went through the disk
+        self.spool_errors = 0  #: items kept in memory because the spool could not be written
         self.max_depth = 0  #: deepest the queue (memory + disk) has been
 
     def __len__(self) -> int:
@@ -57,24 +65,30 @@ class Inbox:
             return len(self._memory) + len(self._disk)
 
     def put(self, item) -> None:
+        """Queue ``item`` (a :class:`FrameItem` or :data:`END`); never blocks, never raises."""
         with self._cond:
-            if item is END or (not self._disk and len(self._memory) < self.maxsize):
-                if item is END and self._disk:
-                    self._disk.append(self._write(item))
-                else:
-                    self._memory.append(item)
+            if not self._disk and (item is END or len(self._memory) < self.maxsize):
+                self._memory.append(item)
             else:
-                self._disk.append(self._write(item))
-                self.spooled += 1
+                try:
+                    self._disk.append(self._write(item))
+                    self.spooled += item is not END
+                except OSError as exc:  # disk full or read-only: keep it in memory
+                    self.spool_errors += 1
+                    if self.spool_errors == 1:
+                        logger.error("cannot spool frames to %s (%s); keeping them in memory",
+                                     self.spool_dir, exc)
+                    self._memory.append(item)
             self.max_depth = max(self.max_depth, len(self._memory) + len(self._disk))
             self._cond.notify()
 
     def get(self, timeout: float | None = None):
-        """Next item in arrival order; raises TimeoutError when none came within ``timeout``."""
+        """Next item in arrival order (:data:`END` last); raises TimeoutError when none came
+        within ``timeout``."""
         with self._cond:
             if not self._cond.wait_for(lambda: self._memory or self._disk, timeout):
                 raise TimeoutError
-            if self._memory:
+            if self._memory and not (self._memory[0] is END and self._disk):
                 return self._memory.popleft()
             path = self._disk.popleft()
         return self._read(path)
@@ -96,9 +110,13 @@ class Inbox:
             meta = {"index": item.index, "omega": item.omega, "exposure": item.exposure,
                     "ref": ref}
         tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, meta=json.dumps(meta),
-                 frame=np.asarray(frame) if frame is not None else np.zeros(0))
-        os.replace(tmp, path)
+        try:
+            np.savez(tmp, meta=json.dumps(meta),
+                     frame=np.asarray(frame) if frame is not None else np.zeros(0))
+            os.replace(tmp, path)
+        except OSError:
+            tmp.unlink(missing_ok=True)  # a partial file would fill the disk further
+            raise
         return path
 
     @staticmethod
@@ -111,6 +129,5 @@ class Inbox:
             return END
         ref = meta.get("ref")
         if ref is not None:
-            ref = HDF5FrameRef(ref["path"], ref["dataset"], ref["index"])
-            frame = None
+            ref, frame = frame_ref_from_dict(ref), None
         return FrameItem(meta["index"], meta["omega"], meta["exposure"], frame, ref)

@@ -1,16 +1,29 @@
 """The live processor: each projection is segmented as it arrives and its results go to tiled.
 
 :class:`LiveProcessor` is an :class:`event_model.DocumentRouter` for one run; build one per run
-with :func:`live_router` (an :class:`event_model.RunRouter`). In the RunEngine's thread it only
-collects frames (pixels or references) into an :class:`~labdct_live.callbacks.inbox.Inbox`,
-which never blocks; a worker thread loads each frame, runs the processing method, writes the
-binary frame, the per-frame row and the spot rows to ``processed/<raw uid>`` (see
-:mod:`labdct_live.processed`) and tells the listeners (the exposure monitor). At the stop
-document the worker drains the inbox, finishes the method (the routine's last windows),
-marks the node complete and calls the end-of-scan hooks (export, comparison).
+with :func:`live_router` (a :class:`~labdct_live.callbacks.router.LiveRouter`). In the
+RunEngine's thread it only collects frames (pixels or references) into an
+:class:`~labdct_live.callbacks.inbox.Inbox`, which never blocks; a worker thread loads each
+frame, runs the processing method, writes the binary frame, the per-frame row and the spot
+rows to ``processed/<raw uid>`` (see :mod:`labdct_live.processed`) and tells the listeners
+(the exposure monitor).
+
+At the stop document the worker drains the inbox and **reconciles** with the run: the stop
+document says how many frames the run took; a frame it has no row for (its event, datum or
+stream datum was lost on the way, or it went by before a worker joined) is read from the raw
+run in the catalog and processed (backfill). Then it finishes the method (the routine's last
+windows), writes the node's final status and calls the end-of-scan hooks (export,
+comparison). The status is ``complete`` only when every frame of the run is processed:
+
+=========================  ============================================================
+``complete``               a row per frame of the run, all processed
+``complete-with-errors``   a row per frame; some failed (the row says why)
+``incomplete``             frames missing: rows ``missing: <why>``, listed in ``missing``
+``aborted`` / ``failed``   the scan was aborted or failed; what it took is processed
+=========================  ============================================================
 
 Nothing here raises into the RunEngine: every document handler is guarded, and every frame is
-accounted for: processed, or failed with its reason in the ``frames`` table, or spooled.
+accounted for: processed, failed with its reason, or missing with its reason.
 """
 
 from __future__ import annotations
@@ -23,14 +36,17 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from event_model import DocumentRouter, RunRouter
+from event_model import DocumentRouter
 
 from ..geometry import Geometry
 from ..names import safe_key
-from ..processed import ProcessedRunWriter, frame_row
+from ..processed import (ProcessedRunWriter, describe_catalog_error, frame_row,
+                         frames_in_catalog)
 from ..processing import FrameError, ProcessedFrame, check_frame, make_method
 from .inbox import END, FrameItem, Inbox
-from .readers import CallableFrameRef, FrameRef, HDF5FrameRef
+from .readers import (CallableFrameRef, CatalogRunFrames, ErrorFrameRef, FrameRef,
+                      HDF5FrameRef)
+from .router import LiveRouter
 
 __all__ = ["LiveConfig", "LiveProcessor", "live_router", "FrameListener"]
 
@@ -53,7 +69,8 @@ class LiveConfig:
     method_options : dict
         Passed to :func:`labdct_live.processing.make_method` (model, threshold, ...).
     image_key : str or None
-        Data key of the detector image; the first 2-D array key when None.
+        Data key of the detector image; when None, the start document's ``image_key``
+        (:mod:`labdct_live.plans` writes it), else the first 2-D array key.
     queue_size : int
         Frames waiting in memory before they spill to the disk spool.
     spool_dir : path or None
@@ -66,6 +83,16 @@ class LiveConfig:
         ``node_key(raw_uid) -> str``, the key under ``processed``.
     extra_metadata : dict
         Stored on the processed node.
+    retry_interval : float
+        Seconds between attempts to reach a catalog that is away.
+    finalize_timeout : float
+        Seconds the worker waits, at the end of a run, for a catalog that is away.
+    backfill_timeout : float
+        Seconds the worker waits, at the end of a run, for missing frames to appear in the
+        raw run in the catalog.
+    frame_source : callable, optional
+        ``frame_source(index) -> frame``: read frames from here (e.g. a tiled array during a
+        replay) instead of what the documents point at.
     """
 
     client: object
@@ -80,8 +107,7 @@ class LiveConfig:
     extra_metadata: dict = field(default_factory=dict)
     retry_interval: float = 2.0
     finalize_timeout: float = 300.0
-    #: ``frame_source(index) -> frame``: read frames from here (e.g. a tiled array during a
-    #: replay) instead of what the documents point at.
+    backfill_timeout: float = 60.0
     frame_source: Callable[[int], np.ndarray] | None = None
 
 
@@ -92,27 +118,37 @@ class LiveProcessor(DocumentRouter):
         super().__init__()
         self.config = config
         self.start_doc: dict | None = None
+        self.stop_doc: dict | None = None
         self.raw_uid = ""
         self.node_key = ""
         self.n_frames = 0
         self.geometry: Geometry | None = None
         self.frame_shape: tuple[int, int] | None = None
         self.counts = {"received": 0, "processed": 0, "failed": 0, "written": 0,
-                       "spooled_inbox": 0, "spooled_results": 0, "document_errors": 0}
+                       "spooled_inbox": 0, "spooled_results": 0, "document_errors": 0,
+                       "duplicates": 0, "backfilled": 0, "missing": 0}
         self.errors: list[str] = []
         self.rows: dict[int, dict] = {}
+        self.missing: dict[int, str] = {}  #: frames of the run without a result, and why
+        self.status = "running"  #: the node's status; final once :attr:`done` is set
+        self.results_complete = False  #: every frame of the run has its row in the catalog
         self.writer: ProcessedRunWriter | None = None
         self.method = None
         self.inbox: Inbox | None = None
         self.done = threading.Event()
+        self._cancelled: str | None = None  # why processing was stopped early
         self._worker: threading.Thread | None = None
         self._descriptors: dict[str, dict] = {}
         self._image_key: str | None = None
+        self._image_stream: str | None = None
+        self._image_external = ""
+        self._scalar_keys: dict[str, str | None] = {"omega": None, "exposure": None}
         self._resources: dict[str, dict] = {}
         self._stream_resources: dict[str, dict] = {}
         self._datums: dict[str, dict] = {}
         self._refs_by_seq: dict[int, FrameRef] = {}
         self._events_by_seq: dict[int, dict] = {}
+        self._seen_seqs: set[int] = set()
         self._spool_root: Path | None = None
         self._pending_meta: dict[int, tuple[float, float]] = {}  # pushed, no result yet
 
@@ -133,6 +169,10 @@ class LiveProcessor(DocumentRouter):
         # The uid comes from a document (maybe from the network): it names a folder and a key.
         self.node_key = safe_key(self.config.node_key(self.raw_uid), "processed node key")
         self.n_frames = int(doc.get("n_projections") or doc.get("num_points") or 0)
+        # The plan names its data keys in the start document; guess only for other plans.
+        self._image_key = self.config.image_key or doc.get("image_key")
+        self._scalar_keys = {"omega": doc.get("rotation_key"),
+                             "exposure": doc.get("exposure_key")}
         geometry = doc.get("geometry")
         if geometry:
             try:
@@ -150,16 +190,17 @@ class LiveProcessor(DocumentRouter):
 
     def descriptor(self, doc):
         self._descriptors[doc["uid"]] = doc
-        if self._image_key is not None:
+        if self._image_stream is not None:
             return
         keys = doc["data_keys"]
-        key = self.config.image_key
+        key = self._image_key
         if key is None:
             key = next((k for k, v in keys.items()
                         if len([s for s in v.get("shape", []) if s and s > 1]) == 2), None)
         if key is None or key not in keys:
             return  # a stream without images (e.g. baseline readings)
-        self._image_key = key
+        self._image_key, self._image_stream = key, doc.get("name", "primary")
+        self._image_external = keys[key].get("external") or ""
         shape = [s for s in keys[key].get("shape", []) if s and s > 1]
         self.frame_shape = tuple(shape[-2:]) if len(shape) >= 2 else None
 
@@ -175,7 +216,9 @@ class LiveProcessor(DocumentRouter):
     def stream_datum(self, doc):
         if self.config.frame_source is not None:
             return
-        resource = self._stream_resources[doc["stream_resource"]]
+        resource = self._stream_resources.get(doc["stream_resource"])
+        if resource is None:  # went by before this worker joined: the backfill reads them
+            return
         if resource.get("data_key", self._image_key) != self._image_key:
             return
         first_index = doc["indices"]["start"]
@@ -186,27 +229,41 @@ class LiveProcessor(DocumentRouter):
             self._match(seq)
 
     def event(self, doc):
-        if self._image_key is None or self._image_key not in self._descriptors.get(
-                doc["descriptor"], {}).get("data_keys", {}):
+        if self._image_key not in self._descriptors.get(doc["descriptor"], {}).get(
+                "data_keys", {}):
             return
         seq = doc["seq_num"]
-        if self.config.frame_source is not None:
-            self._events_by_seq[seq] = doc
-            self._enqueue(seq, ref=CallableFrameRef(self.config.frame_source, seq - 1))
+        if seq in self._seen_seqs:
+            self.counts["duplicates"] += 1
+            logger.warning("event %d of run %s delivered again; dropped", seq, self.raw_uid)
             return
-        value = doc["data"].get(self._image_key)
-        if isinstance(value, str) and value in self._datums:  # Resource/Datum
-            datum = self._datums.pop(value)
-            self._refs_by_seq[seq] = HDF5FrameRef.from_resource_datum(
-                self._resources[datum["resource"]], datum)
-        elif value is not None and not isinstance(value, str):  # embedded image
-            self._events_by_seq[seq] = doc
-            self._enqueue(seq, frame=np.asarray(value))
-            return
+        self._seen_seqs.add(seq)
         self._events_by_seq[seq] = doc
-        self._match(seq)
+        if self.config.frame_source is not None:
+            self._enqueue(seq, ref=CallableFrameRef(self.config.frame_source, seq - 1))
+        elif self._image_external.startswith("STREAM"):
+            self._match(seq)  # the frame comes with a StreamDatum
+        else:
+            self._enqueue(seq, **self._frame_of(doc["data"].get(self._image_key)))
+
+    def _frame_of(self, value) -> dict:
+        """The pixels or the reference an event carries: ``frame=`` or ``ref=``."""
+        if isinstance(value, str):  # Resource/Datum
+            datum = self._datums.pop(value, None)
+            if datum is None or datum["resource"] not in self._resources:
+                return {"ref": ErrorFrameRef(f"the image names datum {value!r}, which is "
+                                             "unknown")}
+            return {"ref": HDF5FrameRef.from_resource_datum(self._resources[datum["resource"]],
+                                                            datum)}
+        if value is None:
+            return {"ref": ErrorFrameRef(f"the event has no {self._image_key!r}")}
+        try:
+            return {"frame": np.asarray(value)}
+        except (TypeError, ValueError) as exc:  # e.g. a ragged list
+            return {"ref": ErrorFrameRef(f"not an image: {exc}")}
 
     def stop(self, doc):
+        self.stop_doc = doc
         if self.inbox is not None:
             self.inbox.put(END)
 
@@ -217,14 +274,20 @@ class LiveProcessor(DocumentRouter):
             self._enqueue(seq, ref=self._refs_by_seq.pop(seq))
 
     def _enqueue(self, seq: int, frame=None, ref=None) -> None:
-        event = self._events_by_seq.pop(seq)
-        data = event["data"]
-        item = FrameItem(index=seq - 1, omega=_first_value(data, ("rotation", "omega"), np.nan),
-                         exposure=_first_value(data, ("exposure",), np.nan),
-                         frame=frame, ref=ref)
+        data = self._events_by_seq.pop(seq)["data"]
+        item = FrameItem(index=seq - 1, omega=self._scalar(data, "omega"),
+                         exposure=self._scalar(data, "exposure"), frame=frame, ref=ref)
         self.counts["received"] += 1
         self.inbox.put(item)
         self.counts["spooled_inbox"] = self.inbox.spooled
+
+    def _scalar(self, data: dict, name: str) -> float:
+        key = self._scalar_keys[name]
+        if key is not None:
+            value = data.get(key)
+            return float(value) if np.isscalar(value) and not isinstance(value, str) else np.nan
+        return _first_value(data, {"omega": ("rotation", "omega"),
+                                   "exposure": ("exposure",)}[name], np.nan)
 
     # ----------------------------------------------------------------------- worker
     def _client(self):
@@ -240,16 +303,25 @@ class LiveProcessor(DocumentRouter):
                 item = self.inbox.get()
                 if item is END:
                     break
-                self._process(item)
-            try:
-                results = self.method.finish()
-            except Exception as exc:  # e.g. fewer frames than the routine's window
+                if self._cancelled:
+                    self._record_missing(item.index, f"not processed: {self._cancelled}")
+                else:
+                    self._process(item)
+            if self._cancelled:
                 results = []
-                self._fail_pending(f"error: {exc}")
+                self._fail_pending(f"not processed: {self._cancelled}")
+            else:
+                self._backfill()
+                try:
+                    results = self.method.finish()
+                except Exception as exc:  # e.g. fewer frames than the routine's window
+                    results = []
+                    self._fail_pending(f"error: {exc}")
             for result in results:
                 self._emit(result)
             self._finalize()
         except Exception as exc:  # the worker must not die silently
+            self.status = "failed"
             self.errors.append(f"worker: {exc}")
             logger.exception("labdct-live worker failed for run %s", self.raw_uid)
         finally:
@@ -263,6 +335,7 @@ class LiveProcessor(DocumentRouter):
                 self.frame_shape = frame.shape
             results = self.method.push(item.index, frame)
         except (FrameError, OSError, ValueError) as exc:
+            self._pending_meta.pop(item.index)
             self.counts["failed"] += 1
             self.errors.append(f"frame {item.index}: {exc}")
             logger.warning("frame %d not processed: %s", item.index, exc)
@@ -271,6 +344,57 @@ class LiveProcessor(DocumentRouter):
             results = self.method.skip(item.index)
         for result in results:
             self._emit(result)
+
+    # ------------------------------------------------------------- reconciliation
+    def _expected_frames(self) -> int:
+        """Frames the run took: the stop document's event count of the image stream; the
+        planned number when the stop document does not say."""
+        counted = ((self.stop_doc or {}).get("num_events") or {}).get(self._image_stream or "")
+        if counted is not None:
+            return int(counted)
+        return self.n_frames or (max(self.rows, default=-1) + 1)
+
+    def _backfill(self) -> None:
+        """Process the frames of the run that never arrived whole, from the raw run."""
+        accounted = set(self.rows) | set(self._pending_meta)
+        missing = [i for i in range(self._expected_frames()) if i not in accounted]
+        if missing:  # a worker that joined late: its predecessor may have written them
+            accounted |= frames_in_catalog(self._client(), self.node_key)
+            missing = [i for i in missing if i not in accounted]
+        if not missing:
+            return
+        logger.warning("run %s: frames %s never arrived whole; reading them from the raw run "
+                       "in the catalog", self.raw_uid, _ranges(missing))
+        source = self._raw_frames()
+        for index in missing:
+            try:
+                frame, omega, exposure = source(index)
+            except Exception as exc:  # noqa: BLE001 - any failure: the frame is missing
+                reason = (describe_catalog_error(exc) if not isinstance(exc, LookupError)
+                          else str(exc))
+                self._record_missing(index, f"not received, and not read from the raw run: "
+                                            f"{reason}")
+                continue
+            self.counts["backfilled"] += 1
+            self._process(FrameItem(index, omega, exposure, frame=frame))
+
+    def _raw_frames(self) -> Callable[[int], tuple[np.ndarray, float, float]]:
+        if self.config.frame_source is not None:
+            return lambda i: (self.config.frame_source(i), np.nan, np.nan)
+        if self._image_key is None:
+            raise LookupError("the run's image data key is not known")
+        return CatalogRunFrames(self._client(), self.raw_uid, self._image_stream or "primary",
+                                self._image_key, self._scalar_keys["omega"],
+                                self._scalar_keys["exposure"],
+                                timeout=self.config.backfill_timeout).read
+
+    def _record_missing(self, index: int, reason: str) -> None:
+        self.missing[index] = reason
+        self.counts["missing"] += 1
+        self.errors.append(f"frame {index}: {reason}")
+        logger.error("run %s, frame %d: %s", self.raw_uid, index, reason)
+        self._write(index, None, frame_row(index, np.nan, np.nan, f"missing: {reason}", None,
+                                           0.0), None)
 
     def _fail_pending(self, status: str) -> None:
         """Record every frame still waiting inside the method as failed."""
@@ -295,7 +419,7 @@ class LiveProcessor(DocumentRouter):
     def _write(self, index, binary, row, spots) -> None:
         self.rows[index] = row
         if self.writer is None:
-            n = self.n_frames or max(index + 1, 1)
+            n = max(self.n_frames, self._expected_frames(), index + 1)
             meta = {"raw_uid": self.raw_uid, **self.method.describe(),
                     "plan_name": (self.start_doc or {}).get("plan_name", ""),
                     **self.config.extra_metadata}
@@ -306,13 +430,34 @@ class LiveProcessor(DocumentRouter):
         self.counts["written"] = self.writer.written
         self.counts["spooled_results"] = self.writer.spooled_total
 
+    def _final_status(self) -> str:
+        if self._cancelled:
+            return "aborted"
+        exit_status = (self.stop_doc or {}).get("exit_status", "success")
+        if exit_status in ("abort", "fail"):
+            return {"abort": "aborted", "fail": "failed"}[exit_status]
+        if self.missing:
+            return "incomplete"
+        return "complete-with-errors" if self.counts["failed"] else "complete"
+
     def _finalize(self) -> None:
         self.counts["max_queue_depth"] = self.inbox.max_depth
-        if self.writer is not None:
-            complete = self.writer.finalize(dict(self.counts), self.config.finalize_timeout)
-            self.counts["written"] = self.writer.written
-            if not complete:
-                self.errors.append(f"results still spooled in {self.writer.spool_dir}")
+        self.counts["spool_errors"] = self.inbox.spool_errors
+        self.counts["expected"] = self._expected_frames()
+        self.status = self._final_status()
+        if self.writer is None:  # the run took no frames
+            self.results_complete = self.counts["expected"] == 0
+            return
+        self.counts["spool_errors"] += self.writer.spool_errors
+        extra = {"missing": sorted(self.missing)} if self.missing else {}
+        stored = self.writer.finalize(self.status, dict(self.counts),
+                                      self.config.finalize_timeout, extra)
+        self.counts["written"] = self.writer.written
+        self.results_complete = stored and not self.missing
+        if not stored:
+            self.errors.append(f"results still wait in {self.writer.spool_dir}: the catalog "
+                               "stayed away (labdct-live import-spool writes them later)")
+            return  # exporting from a catalog that is away would only wait longer
         for hook in self.config.end_of_scan:
             try:
                 hook(self)
@@ -321,9 +466,18 @@ class LiveProcessor(DocumentRouter):
                 logger.exception("end-of-scan hook %r failed", hook)
 
     # --------------------------------------------------------------------------- API
+    def cancel(self, reason: str = "processing stopped by the user") -> None:
+        """Stop processing soon: the frame in hand is finished, every frame still queued
+        gets a row ``missing: not processed: <reason>``, and the node is marked ``aborted``
+        (a replay from the raw run processes them later)."""
+        self._cancelled = reason
+        if self.inbox is not None:
+            self.inbox.put(END)  # the stop document may never come
+
     def wait(self, timeout: float | None = None) -> bool:
-        """Block until the run's results are complete; True when done."""
-        return self.done.wait(timeout)
+        """Block until the run is finished; True when it finished with every frame's result
+        in the catalog (:attr:`results_complete`), False otherwise or on timeout."""
+        return self.done.wait(timeout) and self.results_complete
 
     @property
     def latest_row(self) -> dict | None:
@@ -331,6 +485,18 @@ class LiveProcessor(DocumentRouter):
         if not self.rows:
             return None
         return self.rows[max(self.rows)]
+
+
+def _ranges(indices: list[int]) -> str:
+    """``[1, 2, 3, 7]`` as ``"1-3, 7"``."""
+    out, start = [], None
+    for i, value in enumerate(indices):
+        if start is None:
+            start = value
+        if i + 1 == len(indices) or indices[i + 1] != value + 1:
+            out.append(f"{start}" if start == value else f"{start}-{value}")
+            start = None
+    return ", ".join(out)
 
 
 def _first_value(data: dict, names: tuple[str, ...], default: float) -> float:
@@ -347,16 +513,11 @@ def _first_value(data: dict, names: tuple[str, ...], default: float) -> float:
     return default
 
 
-def live_router(config: LiveConfig, processors: list | None = None) -> RunRouter:
-    """A :class:`event_model.RunRouter` that makes a :class:`LiveProcessor` per run.
+def live_router(config: LiveConfig, processors: list | None = None) -> LiveRouter:
+    """A :class:`~labdct_live.callbacks.router.LiveRouter` making a :class:`LiveProcessor` per
+    run; it joins runs already under way by reading them from ``config.client``.
 
     ``processors`` (a list) collects the processors made, so callers can ``wait`` on them.
     """
-
-    def factory(name, start_doc):
-        processor = LiveProcessor(config)
-        if processors is not None:
-            processors.append(processor)
-        return [processor], []
-
-    return RunRouter([factory])
+    return LiveRouter(lambda: LiveProcessor(config), catalog=config.client,
+                      processors=processors)

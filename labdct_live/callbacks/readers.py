@@ -4,9 +4,13 @@
 - Resource/Datum (ophyd v1 area detectors): spec ``AD_HDF5``/``AD_HDF5_SWMR`` and the
   ``point_number`` of the datum;
 - StreamResource/StreamDatum (modern detectors): an HDF5 ``uri`` + ``dataset`` and a frame
-  index.
+  index;
+- the raw run in the catalog (:class:`CatalogRunFrames`), for frames whose documents never
+  arrived whole.
 
-Frames are read lazily by the processing worker, never in the RunEngine's thread.
+Frames are read lazily by the processing worker, never in the RunEngine's thread. An event
+whose image is unusable (None, an unknown datum, a ragged list) becomes an
+:class:`ErrorFrameRef`, so that the frame gets a row with the reason instead of vanishing.
 """
 
 from __future__ import annotations
@@ -20,7 +24,10 @@ from urllib.parse import unquote, urlparse
 import h5py
 import numpy as np
 
-__all__ = ["FrameRef", "HDF5FrameRef", "uri_to_path"]
+from ..io import FrameReadError
+
+__all__ = ["FrameRef", "HDF5FrameRef", "ErrorFrameRef", "CallableFrameRef", "CatalogRunFrames",
+           "frame_ref_from_dict", "uri_to_path"]
 
 logger = logging.getLogger(__name__)
 
@@ -101,3 +108,70 @@ class CallableFrameRef(FrameRef):
 
     def to_dict(self) -> dict:
         raise TypeError("frames read through a callable cannot be spooled as references")
+
+
+@dataclass
+class ErrorFrameRef(FrameRef):
+    """A frame that cannot be had: :meth:`load` raises :class:`FrameReadError` with ``reason``."""
+
+    reason: str
+
+    def load(self) -> np.ndarray:
+        raise FrameReadError(self.reason)
+
+    def to_dict(self) -> dict:
+        return {"kind": "error", "reason": self.reason}
+
+
+def frame_ref_from_dict(ref: dict) -> FrameRef:
+    """Inverse of ``FrameRef.to_dict`` (the inbox's disk spool)."""
+    if ref.get("kind") == "error":
+        return ErrorFrameRef(str(ref["reason"]))
+    return HDF5FrameRef(ref["path"], ref["dataset"], int(ref["index"]))
+
+
+class CatalogRunFrames:
+    """Frames, rotation angles and exposures of a raw run's stream in the tiled catalog.
+
+    The raw run may still be arriving (its writer runs in another thread or process), so
+    :meth:`read` waits, up to ``timeout`` seconds in all, for the frame to be there.
+
+    Parameters
+    ----------
+    client : tiled client root
+    run_uid, stream : str
+        The raw run and its event stream (``"primary"``).
+    image_key, rotation_key, exposure_key : str or None
+        Data keys of the frames and of the per-frame rotation angle and exposure.
+    timeout : float
+        Seconds to wait in all for frames not yet in the catalog.
+    """
+
+    def __init__(self, client, run_uid: str, stream: str, image_key: str,
+                 rotation_key: str | None, exposure_key: str | None, timeout: float = 60.0):
+        self.client = client
+        self.run_uid, self.stream = run_uid, stream
+        self.keys = {"image": image_key, "omega": rotation_key, "exposure": exposure_key}
+        self.deadline = time.monotonic() + timeout
+
+    def _node(self):
+        return self.client[self.run_uid][self.stream]
+
+    def read(self, index: int) -> tuple[np.ndarray, float, float]:
+        """``(frame, omega, exposure)`` of frame ``index`` (0-based); NaN for an angle or
+        exposure the stream does not hold. Raises ``LookupError`` when the frame is not
+        in the catalog in time."""
+        while True:
+            node = self._node()  # anew: the structure grows while the run is written
+            images = node[self.keys["image"]]
+            if images.shape[0] > index:
+                break
+            if time.monotonic() > self.deadline:
+                raise LookupError(f"the raw run {self.run_uid} has {images.shape[0]} frames in "
+                                  f"the catalog; frame {index} is not there")
+            time.sleep(0.5)
+        values = {}
+        for name in ("omega", "exposure"):
+            key = self.keys[name]
+            values[name] = float(node[key][index]) if key and key in node else float("nan")
+        return np.asarray(images[index]), values["omega"], values["exposure"]
