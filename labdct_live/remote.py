@@ -25,6 +25,7 @@ import logging
 import os
 import re
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -353,16 +354,23 @@ class Proxy:
         finally:
             self.close()
 
-    def stop(self) -> None:
-        """Ask a running :meth:`start` to return (thread-safe)."""
+    def stop(self, timeout: float = 10.0) -> None:
+        """Ask a running :meth:`start` to return (thread-safe); waits up to ``timeout`` s.
+
+        The control socket stays open until the proxy has closed: closing an inproc PAIR
+        before its peer read the message can drop the message.
+        """
         if self.closed:
             return
         socket = self._context.socket(zmq.PAIR)
         try:
             socket.connect(self._control_address)
             socket.send(b"TERMINATE")
+            deadline = time.monotonic() + timeout
+            while not self.closed and time.monotonic() < deadline:
+                time.sleep(0.01)
         finally:
-            socket.close(linger=1000)
+            socket.close(linger=0)
 
     def close(self) -> None:
         """Close the sockets without forwarding (:meth:`start` does it on return)."""
