@@ -29,7 +29,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +40,7 @@ import tifffile
 from tqdm.auto import tqdm
 
 from . import __version__
+from .io import AtomicOutputDir
 from .crystal import Material
 from .geometry import Geometry
 from .grainmap import GrainMap, Phase, write_gm3d
@@ -74,18 +74,6 @@ def grainmap_of(sample: Sample) -> GrainMap:
         phases=[_phase_of(sample.material)], center=(0.0, 0.0, 0.0))
 
 
-def _prepare_output(out: Path, overwrite: bool) -> Path:
-    occupied = out.exists() and (not out.is_dir() or any(out.iterdir()))
-    if occupied and not overwrite:
-        raise FileExistsError(f"{out} exists and is not empty; choose another --out or "
-                              "pass --overwrite")
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    (tmp / "frames").mkdir(parents=True)
-    return tmp
-
-
 def write_simulated_scan(
     out: str | os.PathLike,
     sample: Sample,
@@ -101,11 +89,12 @@ def write_simulated_scan(
     Parameters
     ----------
     out : path-like
-        The scan folder to create; must not exist or be empty unless ``overwrite``.
+        The scan folder to create; must not exist or be empty unless ``overwrite``. It is
+        written aside and appears only when complete (:class:`labdct_live.io.AtomicOutputDir`).
     sample, geometry, options
         What to simulate (see :class:`labdct_live.simulate.Simulator`).
     overwrite : bool
-        Replace an existing folder.
+        Replace an existing scan folder (only one labdct-live wrote: it holds the marker).
     progress : bool
         Show a progress bar.
     compress : bool
@@ -116,9 +105,9 @@ def write_simulated_scan(
     Path
         The completed folder.
     """
-    out = Path(out)
-    tmp = _prepare_output(out, overwrite)
-    try:
+    output = AtomicOutputDir(out, overwrite=overwrite)
+    with output as tmp:
+        (tmp / "frames").mkdir()
         sim = Simulator(sample, geometry, options)
         omegas = geometry.omegas
         rows, cols = geometry.detector_shape
@@ -167,13 +156,7 @@ def write_simulated_scan(
                 range(n), fill_value=0).tolist(),
         }
         (tmp / "scan.json").write_text(json.dumps(meta, indent=1))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    return output.final
 
 
 @dataclass

@@ -212,11 +212,12 @@ def _unwritable_argv(command: str, out: Path, tmp_path: Path, scan: Path,
         "compare": ["compare", empty_h5, empty_h5, "--out", out],
         "synth": ["synth", "--pairs", "1", "--out", out],
         "train": ["train", "--data", "on-the-fly", "--cache", scan / "frames", "--out", out],
+        "worker": ["worker", "--catalog", "http://127.0.0.1:9", "--spool", out],
     }[command]
 
 
 UNWRITABLE = ["segment", "denoise", "simulate", "evaluate", "tune", "demo", "export",
-              "compare", "synth", "train"]
+              "compare", "synth", "train", "worker"]
 
 
 @pytest.mark.parametrize("command", UNWRITABLE)

@@ -78,3 +78,25 @@ def test_paper_size_spread_preset():
     spec, _ = preset("D35", size_spread="paper")
     assert spec.size_spread == PAPER_SIZE_SPREAD["D35"] == pytest.approx(8.2 / 35.8)
     assert preset("D35")[0].size_spread == 0 and preset("D35", 0.3)[0].size_spread == 0.3
+
+
+def test_the_library_writer_never_replaces_a_folder_it_did_not_write(tmp_path):
+    """``write_simulated_scan(..., overwrite=True)`` replaces an earlier scan folder, never a
+    folder of the user's (no labdct-live marker)."""
+    from labdct_live.devices import scaled_geometry
+    from labdct_live.io import OutputFolderError
+    from labdct_live.scanfiles import write_simulated_scan
+
+    spec, geometry = preset("D18")
+    geometry = scaled_geometry(geometry, (64, 64)).with_(n_projections=2)
+    sample = make_sample(spec, seed=1)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    with pytest.raises(OutputFolderError, match="not written by labdct-live"):
+        write_simulated_scan(mine, sample, geometry, overwrite=True, progress=False)
+    assert (mine / "thesis.tex").read_text() == "years of work"
+    scan = write_simulated_scan(tmp_path / "scan", sample, geometry, progress=False)
+    assert write_simulated_scan(scan, sample, geometry, overwrite=True, progress=False) == scan
+    assert len(SimulatedScan.open(scan)) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "scan"]  # no partial left

@@ -77,19 +77,17 @@ def estimate_scan_bytes(sample, geometry) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..io import AtomicOutputDir, require_free_space
+    from ..io import check_output_dir, require_free_space
     from ..scanfiles import write_simulated_scan
     from ..simulate import SimulationOptions
 
-    output = AtomicOutputDir(args.out, overwrite=args.overwrite)  # checked before any work
+    out = check_output_dir(args.out, overwrite=args.overwrite)  # before any work
     sample, geometry = build_acquisition(args)
     # HDF5 may crash the process when the disk fills mid-write: refuse up front instead.
-    require_free_space(output.final, estimate_scan_bytes(sample, geometry),
+    require_free_space(out, estimate_scan_bytes(sample, geometry),
                        f"the simulated scan ({geometry.n_projections} projections)")
-    with output as tmp:
-        # The writer builds its folder beside tmp and renames it onto tmp (empty): the scan
-        # folder appears at --out, with the marker, only when complete.
-        write_simulated_scan(tmp, sample, geometry, SimulationOptions(blur_sigma=args.blur))
+    write_simulated_scan(args.out, sample, geometry, SimulationOptions(blur_sigma=args.blur),
+                         overwrite=args.overwrite)
     print(f"wrote {geometry.n_projections} projections of {args.sample} "
           f"({sample.n_grains} grains) to {args.out}")
     return 0

@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import signal
+from pathlib import Path
 
 ORDER = 50
 
@@ -48,9 +49,12 @@ class _RunLog:
 def run_worker(args: argparse.Namespace) -> int:
     from ..callbacks.live import LiveConfig, live_router
     from ..catalog import connect
+    from ..io import probe_writable
     from ..remote import endpoint, is_loopback, make_dispatcher
 
     curve = _curve_dir(args)
+    if args.spool is not None:  # a spool that can never be written is a mistake, say it now
+        probe_writable(Path(args.spool) / "run")
     dispatcher = make_dispatcher(args.zmq, curve=curve)  # a bad address fails before the catalog
     try:
         config = LiveConfig(client=connect(args.catalog, args.api_key), method=args.method,
