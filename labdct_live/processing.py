@@ -26,7 +26,7 @@ import pandas as pd
 
 from .io import FrameReadError
 from .io import check_frame as io_check_frame
-from .segment import RoutineParams, StandardRoutine, label_spots, spot_table, threshold_segment
+from .segment import RoutineParams, StandardRoutine, label_spots, spot_table
 from .snr import spot_snr, snr_summary
 from .spot_schema import conform_spots
 
@@ -111,8 +111,9 @@ class DLMethod(ProcessingMethod):
         A checkpoint file or module; the shipped pretrained model when None.
     threshold : float, optional
         Threshold on the denoised image; the model's recommended one when None.
-    min_size : int
-        Smallest spot kept (pixels).
+    min_size : int, optional
+        Smallest spot kept (pixels); :data:`labdct_live.models.inference.DEFAULT_MIN_SIZE`
+        when None.
     exclude : ndarray of bool, optional
         Beam-stop mask.
     **denoiser_options
@@ -121,13 +122,14 @@ class DLMethod(ProcessingMethod):
 
     name = "dl"
 
-    def __init__(self, model=None, threshold: float | None = None, min_size: int = 2,
-                 exclude: np.ndarray | None = None, **denoiser_options):
-        from .models.inference import Denoiser
+    def __init__(self, model=None, threshold: float | None = None,
+                 min_size: int | None = None, exclude: np.ndarray | None = None,
+                 **denoiser_options):
+        from .models.inference import DEFAULT_MIN_SIZE, Denoiser
 
         self.denoiser = Denoiser(model, **denoiser_options)
         self.threshold = float(self.denoiser.threshold if threshold is None else threshold)
-        self.min_size = int(min_size)
+        self.min_size = int(DEFAULT_MIN_SIZE if min_size is None else min_size)
         self.exclude = exclude
         if model is None:  # the shipped model: its file is the provenance
             from .models import pretrained_path
@@ -138,8 +140,8 @@ class DLMethod(ProcessingMethod):
 
     def push(self, index: int, frame: np.ndarray) -> list[ProcessedFrame]:
         t0 = time.perf_counter()
-        denoised = self.denoiser(frame)
-        binary = threshold_segment(denoised, self.threshold, self.min_size, self.exclude)
+        binary, denoised = self.denoiser.segment(frame, self.threshold, min_size=self.min_size,
+                                                 exclude=self.exclude, return_denoised=True)
         labels, _ = label_spots(binary)
         return [_measure(index, frame, labels, self.exclude, denoised,
                          time.perf_counter() - t0)]

@@ -26,7 +26,8 @@ standard routine (:func:`labdct_live.segment.segment_corrected` with
 (``labels > 0``). Targets are uint8 {0, 1} (written 0/255 as 8-bit images).
 
 **Inputs.** Float32 counts ``x``; :func:`to_uint8` gives the paper's 8-bit input and
-:func:`normalize_frame` the per-frame robust scaling that training and inference share.
+:func:`normalize_frame` the per-frame robust scaling that training and inference share
+(defined in :mod:`labdct_live.normalization`, re-exported here).
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ from typing import Any
 
 import numpy as np
 
+from .normalization import (NORMALIZE_PERCENTILES, normalization_stats, normalization_stride,
+                            normalize_frame)
 from .segment import RoutineParams, segment_corrected
 
 __all__ = [
@@ -70,11 +73,6 @@ __all__ = [
 #: spots' area on clean images.
 TARGET_PARAMS = RoutineParams(background=0.0, sigma=1.0, percent=0.10, min_size=4)
 
-#: Percentiles (low, high) of :func:`normalize_frame`.
-NORMALIZE_PERCENTILES = (50.0, 99.0)
-
-#: At most this many pixels (a regular subsample) enter the normalisation percentiles.
-NORMALIZE_SAMPLES = 1 << 18
 
 _TARGET_KINDS = ("log", "labels")
 
@@ -323,68 +321,6 @@ def scale_for_median_snr(target: float, spot_mean: np.ndarray, local_background:
     if unit.size == 0:
         return 1.0
     return float(target / np.median(unit))
-
-
-# ------------------------------------------------------------------------ normalisation
-def normalization_stride(shape: tuple[int, int]) -> int:
-    """Row and column step of the regular subsample :func:`normalization_stats` uses: the
-    smallest that leaves at most :data:`NORMALIZE_SAMPLES` pixels (4 for a 2032² frame)."""
-    return max(1, int(np.ceil(np.sqrt(shape[0] * shape[1] / NORMALIZE_SAMPLES))))
-
-
-def normalization_stats(frame: np.ndarray,
-                        percentiles: tuple[float, float] = NORMALIZE_PERCENTILES,
-                        ) -> tuple[float, float]:
-    """``(center, spread)`` of :func:`normalize_frame`: the low percentile and high - low.
-
-    Percentiles are taken on a regular subsample of about 262 000 pixels (every 4th row and
-    column of a 2032² frame), which is ~10x faster than on the whole frame and differs from it
-    by well under a percent. A flat frame gets spread 1.
-    """
-    frame = _check_image(frame, "frame")
-    low, high = percentiles
-    if not 0 <= low < high <= 100:
-        raise SynthesisError(f"percentiles must satisfy 0 <= low < high <= 100, got {percentiles}")
-    stride = normalization_stride(frame.shape)
-    sample = frame[::stride, ::stride].astype(np.float32, copy=False)
-    center, top = np.percentile(sample, [low, high])
-    spread = float(top - center)
-    if not spread > 0:
-        spread = 1.0
-    return float(center), spread
-
-
-def normalize_frame(frame: np.ndarray, stats: tuple[float, float] | None = None,
-                    percentiles: tuple[float, float] = NORMALIZE_PERCENTILES) -> np.ndarray:
-    """Robust per-frame scaling shared by training and inference.
-
-    ``(frame - p50) / (p99 - p50)`` with the percentiles of the whole frame
-    (:func:`normalization_stats`). The median is the typical background level (spots and the
-    beam stop each cover well under half a frame) and the 99th percentile sits at the bright
-    end of the background and its noise, so a real frame (median ≈ 590 counts) and a synthetic
-    one (≈ 80) map to the same range: background near 0 and about 1 at the top of its range,
-    the beam stop negative, spots above, without clipping. Tiles of a large frame must use the
-    statistics of the whole frame (pass ``stats``).
-
-    Parameters
-    ----------
-    frame : (M, N) array
-        Raw counts (any integer or float dtype).
-    stats : (center, spread) or None
-        Precomputed :func:`normalization_stats`.
-    percentiles : (float, float)
-        The low and high percentiles.
-
-    Returns
-    -------
-    ndarray of float32
-    """
-    frame = _check_image(frame, "frame")
-    center, spread = normalization_stats(frame, percentiles) if stats is None else stats
-    out = frame.astype(np.float32)
-    out -= np.float32(center)
-    out *= np.float32(1.0 / spread)
-    return out
 
 
 def to_uint8(x: np.ndarray) -> np.ndarray:

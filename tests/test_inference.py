@@ -12,7 +12,8 @@ from torch import nn
 
 from labdct_live.cli import main
 from labdct_live.models import Denoiser, denoise, get_model, save_checkpoint, segment_dl
-from labdct_live.models.inference import tile_starts
+from labdct_live.models.inference import DEFAULT_MIN_SIZE, tile_starts
+from labdct_live.segment import threshold_segment
 from labdct_live.synthesis import normalize_frame
 
 
@@ -103,13 +104,19 @@ def test_normalisation_is_per_frame_and_affine_invariant():
 def test_segment_dl_thresholds_the_denoised_image():
     frame = _frame((50, 60), seed=8)
     probability = 1.0 / (1.0 + np.exp(-normalize_frame(frame)))
-    mask = segment_dl(frame, 0.6, SigmoidOfInput(), device="cpu")
+    mask = segment_dl(frame, 0.6, SigmoidOfInput(), device="cpu", min_size=1)
     assert mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 1}
     np.testing.assert_array_equal(mask, (probability > 0.6).astype(np.uint8))
     model = SigmoidOfInput()
     model.metadata = {"inference": {"threshold": 0.7}}  # as load_model attaches
-    np.testing.assert_array_equal(segment_dl(frame, model=model, device="cpu"),
+    np.testing.assert_array_equal(segment_dl(frame, model=model, device="cpu", min_size=1),
                                   (probability > 0.7).astype(np.uint8))
+    # The default drops lone pixels and the beam stop, as the live plugin does.
+    beamstop = np.zeros(frame.shape, bool)
+    beamstop[:10] = True
+    np.testing.assert_array_equal(
+        segment_dl(frame, 0.6, SigmoidOfInput(), device="cpu", exclude=beamstop),
+        threshold_segment(probability, 0.6, DEFAULT_MIN_SIZE, beamstop))
     assert Denoiser(SigmoidOfInput(), device="cpu").threshold == 0.5
     with pytest.raises(ValueError, match="threshold"):
         segment_dl(frame, 1.5, SigmoidOfInput(), device="cpu")
@@ -181,3 +188,23 @@ def test_cli_denoise_writes_float_and_uint8_images(tmp_path):
     assert main(["denoise", str(frames), str(tmp_path / "out"), "--model", str(checkpoint)]) == 2
     assert main(["denoise", str(frames), str(tmp_path / "o2"), "--model",
                  str(tmp_path / "nope.pt")]) == 2
+
+
+def test_the_three_dl_paths_give_byte_identical_masks(tmp_path, simulator):
+    """``segment_dl``, the live/replay ``dl`` method and ``labdct-live segment --method dl``
+    share one implementation: the same frame gives the same mask, beam stop included."""
+    from labdct_live.processing import DLMethod
+
+    frame = simulator.project(omega=10.0).frame
+    beamstop = simulator.geometry.beamstop_mask()
+    functional = segment_dl(frame, exclude=beamstop)
+    live = DLMethod(exclude=beamstop).push(0, frame)[0].binary
+    (tmp_path / "in").mkdir()
+    tifffile.imwrite(tmp_path / "in" / "f.tif", frame)
+    r0, r1, c0, c1 = simulator.geometry.beamstop
+    assert main(["segment", "--method", "dl", "--beamstop", f"{r0},{r1},{c0},{c1}",
+                 str(tmp_path / "in"), str(tmp_path / "out")]) == 0
+    cli = (tifffile.imread(tmp_path / "out" / "f.tif") > 0).astype(np.uint8)
+    assert functional.any()
+    assert functional.tobytes() == live.tobytes() == cli.tobytes()
+    assert not functional[beamstop].any()

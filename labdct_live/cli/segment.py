@@ -107,8 +107,8 @@ def _model_identity(model: str | None, denoiser) -> tuple[str, str]:
 
 @register_method("dl", "U-Net denoising, then one threshold (needs the trained U-Net)")
 def _build_dl(args: argparse.Namespace, exclude: np.ndarray | None):
-    from ..models.inference import Denoiser
-    from ..segment import FrameResult, label_spots, spot_table, threshold_segment
+    from ..models.inference import DEFAULT_MIN_SIZE, Denoiser
+    from ..segment import FrameResult, label_spots, spot_table
 
     _check_threshold(args.threshold)
     try:
@@ -116,17 +116,18 @@ def _build_dl(args: argparse.Namespace, exclude: np.ndarray | None):
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         raise CLIError(f"--method dl: {exc}") from exc
     threshold = denoiser.threshold if args.threshold is None else args.threshold
+    min_size = DEFAULT_MIN_SIZE if args.dl_min_size is None else args.dl_min_size
 
     def segment(stack):
         for index, frame in enumerate(stack):
-            denoised = denoiser(frame)
-            mask = threshold_segment(denoised, threshold, args.dl_min_size, exclude)
+            mask, denoised = denoiser.segment(frame, threshold, min_size=min_size,
+                                              exclude=exclude, return_denoised=True)
             labels, _ = label_spots(mask)
             yield FrameResult(index, mask, labels, spot_table(labels, denoised), denoised)
 
     name, sha256 = _model_identity(args.model, denoiser)
     return segment, {"model": str(args.model or "shipped"), "threshold": float(threshold),
-                     "min_size": args.dl_min_size, "model_name": name,
+                     "min_size": min_size, "model_name": name,
                      "model_hash": sha256}
 
 
@@ -281,7 +282,9 @@ def register(subparsers) -> None:
     d.add_argument("--threshold", type=float, default=None,
                    help="threshold of the denoised image, 0 <= T < 1 (the U-Net's sigmoid "
                         "output; default: the model's calibrated one)")
-    d.add_argument("--dl-min-size", type=int, default=2, help="minimum spot size, pixels")
+    d.add_argument("--dl-min-size", type=int, default=None,
+                   help="minimum spot size, pixels (default: the live plugin's, "
+                        "labdct_live.models.inference.DEFAULT_MIN_SIZE)")
     d.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     g = p.add_argument_group("routine options")
     g.add_argument("--preset", choices=("public-code", "paper", "older"), default="public-code",

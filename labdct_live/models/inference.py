@@ -37,7 +37,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..normalization import normalize_frame
+from ..segment import threshold_segment
+
 __all__ = [
+    "DEFAULT_MIN_SIZE",
     "DEFAULT_OVERLAP",
     "DEFAULT_THRESHOLD",
     "Denoiser",
@@ -51,6 +55,10 @@ logger = logging.getLogger(__name__)
 
 #: Threshold on the [0, 1] output when the model's checkpoint recommends none.
 DEFAULT_THRESHOLD = 0.5
+
+#: Smallest spot (4-connected pixels) the U-Net segmentation keeps: a lone pixel above the
+#: threshold is noise.
+DEFAULT_MIN_SIZE = 2
 
 #: Default tile overlap (px). For a trained compact_s4 on a 2032² frame with 512-px tiles,
 #: an overlap of 128 px changed the thresholded output at 33 pixels, 192 px at 2, 256 px at 1.
@@ -67,17 +75,6 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={str(device)!r} requested but CUDA is not available; use 'cpu'")
     return device
-
-
-def _default_normalize(frame: np.ndarray) -> np.ndarray:
-    try:
-        from ..synthesis import normalize_frame
-    except ImportError as exc:  # pragma: no cover - the module ships with the package
-        raise ImportError(
-            "labdct_live.synthesis.normalize_frame (the per-frame input normalisation) is not "
-            "available; pass normalize=False with a frame already normalised"
-        ) from exc
-    return normalize_frame(frame)
 
 
 @contextlib.contextmanager
@@ -210,7 +207,7 @@ class Denoiser:
         self.device = resolve_device(device)
         self.precision = precision
         if normalize is True:
-            normalize = _default_normalize
+            normalize = normalize_frame
         self.normalize = normalize or None
         self._network = self._prepare(model, compile)
 
@@ -301,15 +298,42 @@ class Denoiser:
                 weights[r : r + tile_h, c : c + tile_w] += weight
         return (total / weights)[:height, :width]
 
-    def segment(self, frame: np.ndarray, threshold: float | None = None) -> np.ndarray:
-        """Binary spot mask (uint8 {0, 1}): denoised output ``> threshold``.
+    def segment(self, frame: np.ndarray, threshold: float | None = None, *,
+                min_size: int = DEFAULT_MIN_SIZE, exclude: np.ndarray | None = None,
+                return_denoised: bool = False):
+        """The U-Net segmentation: denoise, then one threshold.
 
-        ``threshold`` None uses :attr:`threshold` (the model's recommendation).
+        The one implementation behind :func:`segment_dl`, the ``dl`` processing method (live,
+        replay) and ``labdct-live segment --method dl``: the same frame gives the same mask
+        on every path.
+
+        Parameters
+        ----------
+        frame : (H, W) array
+            Raw frame.
+        threshold : float, optional
+            Pixels of the denoised image strictly above it are spot pixels; in [0, 1). None:
+            :attr:`threshold` (the model's recommendation).
+        min_size : int
+            Smallest 4-connected spot kept, pixels.
+        exclude : (H, W) bool array, optional
+            Pixels never segmented (the beam stop).
+        return_denoised : bool
+            Also return the denoised image (the spot table measures intensities on it).
+
+        Returns
+        -------
+        mask : (H, W) uint8 ndarray
+            1 = spot.
+        denoised : (H, W) float32 ndarray
+            Only when ``return_denoised``.
         """
         threshold = self.threshold if threshold is None else float(threshold)
         if not 0.0 <= threshold < 1.0:
             raise ValueError(f"threshold must be in [0, 1) (output scale), got {threshold}")
-        return (self(frame) > threshold).astype(np.uint8)
+        denoised = self(frame)
+        mask = threshold_segment(denoised, threshold, min_size, exclude)
+        return (mask, denoised) if return_denoised else mask
 
 
 # One prepared Denoiser per (model, settings) for the functional API; weak keys so that a
@@ -380,6 +404,9 @@ def segment_dl(
     frame: np.ndarray,
     threshold: float | None = None,
     model: nn.Module | str | None = None,
+    *,
+    min_size: int = DEFAULT_MIN_SIZE,
+    exclude: np.ndarray | None = None,
     **options: Any,
 ) -> np.ndarray:
     """Segment spots with the network: denoise, then one threshold (as in the paper, §9).
@@ -394,6 +421,10 @@ def segment_dl(
         thresholded its 8-bit output at 5/255.
     model : torch.nn.Module, path-like or None
         Network, checkpoint file, or None for the shipped model.
+    min_size : int
+        Smallest 4-connected spot kept, pixels.
+    exclude : (H, W) bool array, optional
+        Pixels never segmented (the beam stop).
     **options
         ``tile``, ``overlap``, ``batch_size``, ``threads``, ``device``, ``precision``,
         ``normalize``: see :func:`denoise`.
@@ -401,6 +432,8 @@ def segment_dl(
     Returns
     -------
     (H, W) uint8 ndarray
-        Binary mask, 1 = spot.
+        Binary mask, 1 = spot; the mask the live plugin writes for this frame
+        (:meth:`Denoiser.segment`).
     """
-    return _denoiser(model, options).segment(frame, threshold)
+    return _denoiser(model, options).segment(frame, threshold, min_size=min_size,
+                                             exclude=exclude)
