@@ -41,7 +41,10 @@ from pathlib import Path
 
 import httpx
 
-__all__ = ["CatalogServer", "CatalogUnavailable", "Terminated", "connect", "stop_on_signals"]
+__all__ = [
+    "CatalogServer", "CatalogUnavailable", "Terminated", "connect", "stop_on_signals",
+    "tiled_config_yaml",
+]
 
 logger = logging.getLogger(__name__)
 

@@ -47,6 +47,10 @@ from scipy.spatial.transform import Rotation
 from .grainmap import GrainMap, GrainMapError
 
 __all__ = [
+    "CLASS_FALSE_NEGATIVE",
+    "CLASS_FALSE_POSITIVE",
+    "CLASS_ONE_TO_MULTI",
+    "CLASS_ONE_TO_ONE",
     "Comparison",
     "EmptyGrainMapError",
     "NonCubicPhaseError",
@@ -66,9 +70,13 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+#: Value of the ``class`` column for a reference grain with one reconstructed partner.
 CLASS_ONE_TO_ONE = "one-to-one"
+#: ... for a reference grain with several reconstructed partners.
 CLASS_ONE_TO_MULTI = "one-to-multi"
+#: ... for a reference grain without partner.
 CLASS_FALSE_NEGATIVE = "false negative"
+#: ... for a reconstructed grain without partner.
 CLASS_FALSE_POSITIVE = "false positive"
 
 _FACE_NEIGHBOURS = ndimage.generate_binary_structure(3, 1)

@@ -13,7 +13,8 @@ from itertools import product
 
 import numpy as np
 
-__all__ = ["Material", "MATERIALS", "MaterialError", "get_material"]
+__all__ = ["Material", "MATERIALS", "MaterialError", "Reflections", "atomic_form_factor",
+           "get_material"]
 
 
 class MaterialError(ValueError):

@@ -47,11 +47,14 @@ from .grainmap import GrainMap, Phase, write_gm3d
 from .microstructure import Sample
 from .simulate import SimulationOptions, Simulator
 
-__all__ = ["write_simulated_scan", "SimulatedScan", "grainmap_of", "FORMAT_NAME"]
+__all__ = ["write_simulated_scan", "SimulatedScan", "grainmap_of", "frame_name", "FORMAT_NAME",
+           "FORMAT_VERSION"]
 
 logger = logging.getLogger(__name__)
 
+#: ``format`` and ``version`` of the ``scan.json`` of a simulated scan folder.
 FORMAT_NAME = "labdct-live simulated scan"
+#: See :data:`FORMAT_NAME`.
 FORMAT_VERSION = 1
 
 

@@ -3,3 +3,5 @@
 See :mod:`labdct_live.callbacks.live` (the processor), :mod:`~labdct_live.callbacks.monitor`,
 :mod:`~labdct_live.callbacks.end_of_scan` and :mod:`~labdct_live.callbacks.raw_writer`.
 """
+
+__all__: list[str] = []  # the callbacks live in the submodules

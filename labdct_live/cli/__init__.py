@@ -16,6 +16,7 @@ import sys
 
 from .. import __version__
 
+__all__ = ["CLIError", "build_parser", "main"]
 
 
 def _subcommand_modules() -> list:

@@ -31,6 +31,7 @@ __all__ = [
     "CheckpointError",
     "Denoiser",
     "PretrainedWeightsNotFoundError",
+    "WEIGHTS_DIR",
     "denoise",
     "export_checkpoint",
     "get_loss",

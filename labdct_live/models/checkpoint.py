@@ -39,6 +39,7 @@ from .registry import get_model, list_models
 
 __all__ = [
     "CHECKPOINT_FORMAT",
+    "CHECKPOINT_VERSION",
     "CheckpointError",
     "export_checkpoint",
     "file_sha256",
@@ -50,7 +51,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+#: ``format`` and ``format_version`` stored in every checkpoint.
 CHECKPOINT_FORMAT = "labdct-live-checkpoint"
+#: See :data:`CHECKPOINT_FORMAT`.
 CHECKPOINT_VERSION = 1
 _REQUIRED = ("format", "format_version", "architecture", "state_dict")
 

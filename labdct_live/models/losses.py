@@ -46,6 +46,8 @@ from torch import nn
 
 __all__ = [
     "LOSS_TERMS",
+    "VGG16_LAYERS",
+    "VGG16_WEIGHTS_ENV",
     "CompositeLoss",
     "PerceptualLoss",
     "VGG16Features",

@@ -29,7 +29,7 @@ from .layers import ConvBnRelu, PixelShuffleICNR, check_input_size, init_conv_
 # The input-size check stays a call in torch.fx graphs (BN folding traces the model).
 torch.fx.wrap("check_input_size")
 
-__all__ = ["ResNet34Encoder", "ResNet34UNet", "load_resnet34_weights"]
+__all__ = ["RESNET34_WEIGHTS_ENV", "ResNet34Encoder", "ResNet34UNet", "load_resnet34_weights"]
 
 logger = logging.getLogger(__name__)
 
