@@ -84,10 +84,6 @@ class DatasetError(ValueError):
 
 
 # ------------------------------------------------------------------------ acquisitions
-def _geometry_from_dict(d: dict) -> Geometry:
-    return Geometry(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
-
-
 @dataclass(frozen=True)
 class Acquisition:
     """A virtual sample in a geometry: what the cache simulates."""
@@ -135,7 +131,7 @@ class CachedProjection:
 
     @property
     def geometry(self) -> Geometry:
-        return _geometry_from_dict(self.meta["acquisition"]["geometry"])
+        return Geometry.from_dict(self.meta["acquisition"]["geometry"])
 
     @property
     def omega(self) -> float:
@@ -208,7 +204,7 @@ class _CacheWriter:
 
 def _check_cache_meta(meta: dict, where: str) -> None:
     try:
-        _geometry_from_dict(meta["acquisition"]["geometry"])
+        Geometry.from_dict(meta["acquisition"]["geometry"])
         str(meta["acquisition"]["name"])
         float(meta["omega"])
     except (KeyError, TypeError, ValueError) as exc:

@@ -34,7 +34,7 @@ import logging
 import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -44,7 +44,7 @@ import tifffile
 from tqdm.auto import tqdm
 
 from . import __version__
-from .geometry import Geometry, tilt_matrix
+from .geometry import Geometry, GeometryError, tilt_matrix
 from .io import TIFF_SUFFIXES, AtomicOutputDir, FrameStack, check_frame, open_frame_folder
 
 __all__ = [
@@ -131,12 +131,10 @@ def _geometry_from(value: Any) -> tuple[Geometry, list | None]:
                           f"{type(value).__name__}")
     values = dict(value)
     omegas = values.pop("omegas", None)
-    allowed = {f.name for f in fields(Geometry) if f.init}
-    unknown = sorted(set(values) - allowed)
-    if unknown:
-        raise ExportError(f"metadata['geometry'] has unknown key(s) {unknown}; expected those "
-                          f"of Geometry.to_dict(): {sorted(allowed)}")
-    return Geometry(**values), omegas
+    try:
+        return Geometry.from_dict(values), omegas
+    except GeometryError as exc:
+        raise ExportError(f"metadata['geometry']: {exc}") from exc
 
 
 def _per_frame(value: Any, n: int, name: str) -> np.ndarray | None:
@@ -410,7 +408,7 @@ def grainrecon_name(index: int) -> str:
 def tilt_angles_zyx(tilt_deg: Sequence[float]) -> tuple[float, float, float]:
     """Our detector tilt re-expressed for a ``Rz(tz) @ Ry(ty) @ Rx(tx)`` composition.
 
-    Our tilt matrix is ``Rx(a) @ Ry(b) @ Rz(c)`` (physics.md §1); GrainRecon composes its
+    Our tilt matrix is ``Rx(a) @ Ry(b) @ Rz(c)`` (docs/physics.md §1); GrainRecon composes its
     detector rotation in the opposite order. This returns ``(tx, ty, tz)`` in degrees with
     ``Rz(tz) @ Ry(ty) @ Rx(tx) == Rx(a) @ Ry(b) @ Rz(c)``; equal to ``(a, b, c)`` when at most
     one angle is non-zero.

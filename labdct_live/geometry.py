@@ -1,6 +1,6 @@
 """Acquisition geometry of a LabDCT set-up (Laue focusing) and detector coordinates.
 
-Lab frame (physics.md §1): x along the beam, z vertical (the rotation axis), y completing a
+Lab frame (docs/physics.md §1): x along the beam, z vertical (the rotation axis), y completing a
 right-handed frame. The point source is at ``(-lss, 0, 0)``, the rotation axis passes through
 the origin and the untilted detector plane is ``x = lsd``.
 
@@ -22,7 +22,8 @@ Lengths are in mm and angles in degrees in every API and file; radians only insi
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
 
 import numpy as np
 
@@ -38,7 +39,7 @@ __all__ = [
 PAPER_PIXEL_SIZE_MM = 3.3623e-3
 
 #: Beam-stop shadow of the paper's training simulation at Lsd = 11 mm, in detector pixels
-#: (inclusive bounds): rows 536-1488, columns 545-1506 (physics.md §1).
+#: (inclusive bounds): rows 536-1488, columns 545-1506 (docs/physics.md §1).
 _PAPER_BEAMSTOP_ROWS = (536, 1488)
 _PAPER_BEAMSTOP_COLS = (545, 1506)
 _PAPER_LSD_MM = 11.0
@@ -215,10 +216,33 @@ class Geometry:
         return replace(self, **changes)
 
     def to_dict(self) -> dict:
-        """Plain-python description, for metadata and files (mm, degrees)."""
+        """Plain-python description, for metadata and files (mm, degrees); the inverse of
+        :meth:`from_dict`."""
         d = asdict(self)
         d.pop("_R", None)
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "Geometry":
+        """The geometry :meth:`to_dict` described (lists back to tuples).
+
+        Raises
+        ------
+        GeometryError
+            For keys :meth:`to_dict` does not write, or values out of range.
+
+        Examples
+        --------
+        >>> g = Geometry()
+        >>> Geometry.from_dict(g.to_dict()) == g
+        True
+        """
+        allowed = {f.name for f in fields(cls) if f.init}
+        unknown = sorted(set(d) - allowed)
+        if unknown:
+            raise GeometryError(f"unknown key(s) {unknown}; a geometry has those of "
+                                f"Geometry.to_dict(): {sorted(allowed)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
     # ----------------------------------------------------------------------- conversions
     def pixel_to_lab(self, row: np.ndarray, col: np.ndarray) -> np.ndarray:

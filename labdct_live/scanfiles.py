@@ -189,8 +189,7 @@ class SimulatedScan:
 
     @property
     def geometry(self) -> Geometry:
-        g = dict(self.meta["geometry"])
-        return Geometry(**{k: tuple(v) if isinstance(v, list) else v for k, v in g.items()})
+        return Geometry.from_dict(self.meta["geometry"])
 
     @property
     def background_level(self) -> float:

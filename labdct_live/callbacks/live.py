@@ -176,8 +176,7 @@ class LiveProcessor(DocumentRouter):
         geometry = doc.get("geometry")
         if geometry:
             try:
-                self.geometry = Geometry(**{k: tuple(v) if isinstance(v, list) else v
-                                            for k, v in geometry.items()})
+                self.geometry = Geometry.from_dict(geometry)
             except (TypeError, ValueError) as exc:
                 logger.warning("start document geometry not understood (%s); no beam-stop mask",
                                exc)
