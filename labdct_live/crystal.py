@@ -1,4 +1,4 @@
-"""Materials, reflections and structure factors for cubic crystals (physics.md §2, §4).
+"""Materials, reflections and structure factors for cubic crystals (docs/physics.md §2, §4).
 
 A :class:`Material` knows its lattice, the first ``n_families`` allowed hkl families (ordered
 by h² + k² + l², with every member of each family including Friedel mates) and the squared
@@ -12,6 +12,8 @@ from functools import cached_property
 from itertools import product
 
 import numpy as np
+
+from .grainmap import ALUMINIUM, Phase
 
 __all__ = ["Material", "MATERIALS", "MaterialError", "Reflections", "atomic_form_factor",
            "get_material"]
@@ -89,6 +91,13 @@ class Material:
         return _SPACE_GROUP[self.lattice]
 
     @property
+    def phase(self) -> Phase:
+        """The material as a grain map's phase (cubic cell, space group and symbol)."""
+        symbol = {"fcc": "F m -3 m", "bcc": "I m -3 m"}[self.lattice]
+        return Phase(self.name, self.space_group, (self.a, self.a, self.a, 90.0, 90.0, 90.0),
+                     symbol)
+
+    @property
     def B(self) -> np.ndarray:
         """Reciprocal-lattice matrix with the 2π factor (1/Å): ``G_crystal = B @ hkl``."""
         return np.eye(3) * (2.0 * np.pi / self.a)
@@ -142,8 +151,10 @@ class Reflections:
 
 
 #: The two materials of the seed paper: aluminium (training samples) and iron (experiment).
+#: Aluminium's lattice parameter is the grain maps' (:data:`labdct_live.grainmap.ALUMINIUM`):
+#: one value, so that a simulated sample and its ground-truth grain map agree.
 MATERIALS = {
-    "Al": Material("Al", "fcc", 4.04975, density=2.699),
+    "Al": Material("Al", "fcc", ALUMINIUM.unit_cell[0], density=2.699),
     "Fe": Material("Fe", "bcc", 2.8665, density=7.874),
 }
 

@@ -41,9 +41,8 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .io import AtomicOutputDir
-from .crystal import Material
 from .geometry import Geometry
-from .grainmap import GrainMap, Phase, write_gm3d
+from .grainmap import GrainMap, write_gm3d
 from .microstructure import Sample
 from .simulate import SimulationOptions, Simulator
 
@@ -63,18 +62,12 @@ def frame_name(index: int) -> str:
     return f"proj_{index:04d}.tif"
 
 
-def _phase_of(material: Material) -> Phase:
-    symbol = {"fcc": "F m -3 m", "bcc": "I m -3 m"}[material.lattice]
-    a = material.a
-    return Phase(material.name, material.space_group, (a, a, a, 90.0, 90.0, 90.0), symbol)
-
-
 def grainmap_of(sample: Sample) -> GrainMap:
     """The sample's ground-truth grain map (GrainMapper3D conventions: Z x Y x X, mm)."""
     spacing = (sample.voxel_size,) * 3
     return GrainMap.from_grain_ids(
         sample.grain_ids, spacing, sample.orientations, phase_ids=1,
-        phases=[_phase_of(sample.material)], center=(0.0, 0.0, 0.0))
+        phases=[sample.material.phase], center=(0.0, 0.0, 0.0))
 
 
 def write_simulated_scan(

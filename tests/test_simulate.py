@@ -1,4 +1,4 @@
-"""The forward simulator against independent calculations (issue 2, "must show")."""
+"""The forward simulator against independent calculations."""
 
 from __future__ import annotations
 
@@ -128,7 +128,7 @@ def _spot_widths(projection, geometry, hkl):
 
 def test_laue_focusing_narrows_spots_radially_and_fades_with_distance():
     """A 30 µm cube: at Lss = Lsd its spot is >= 3x narrower radially than tangentially, and
-    the ratio moves toward 1 as the detector moves away (physics.md §3)."""
+    the ratio moves toward 1 as the detector moves away (docs/physics.md §3)."""
     cube = single_crystal_sample(ORIENTATION, "Al", size=0.030, voxel_size=0.002)
     no_beamstop = (0, -1, 0, -1)
     near = Geometry(n_projections=1, beamstop=no_beamstop)
@@ -230,7 +230,7 @@ def test_crystal_families_and_multiplicities():
     assert MATERIALS["Fe"].reflections.family_n2.tolist() == [2, 4, 6, 8]
     # |F|^2 = (4 f)^2 for fcc with f from the Cromer-Mann sum at s = |G|/4π, Debye-Waller 0.01
     refl = MATERIALS["Al"].reflections
-    s = np.sqrt(3) / (2 * 4.04975)
+    s = np.sqrt(3) / (2 * 4.04958)
     f = (6.4202 * np.exp(-3.0387 * s**2) + 1.9002 * np.exp(-0.7426 * s**2)
          + 1.5936 * np.exp(-31.5472 * s**2) + 1.9646 * np.exp(-85.0886 * s**2) + 1.1151)
     assert refl.f_squared[0] == pytest.approx(16 * f**2 * np.exp(-16 * np.pi**2 * 0.01 * s**2))
