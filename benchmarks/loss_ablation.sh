@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Loss ablation (issue 4): the same compact_s4 network, data, steps and seed for each loss,
+# Loss ablation: the same compact_s4 network, data, steps and seed for each loss,
 # then spot F1 by SNR bin on held-out frames (benchmarks/validate_dl.py).
 #
 #   LOSSES="mse mse+dice bce+dice" benchmarks/loss_ablation.sh CACHE_DIR OUT_DIR [STEPS]

@@ -1,6 +1,6 @@
 """Compare a reconstructed grain map with a reference map, as the seed paper does.
 
-Steps (physics.md §10-§11; the paper's Table 2 and Figs. 7-8):
+Steps (docs/physics.md §10-§11; the paper's Table 2 and Figs. 7-8):
 
 1. **Common grid.** The reconstruction is resampled (nearest neighbour) onto the reference's
    voxel grid. Both files place their volumes in one sample frame through ``center``;

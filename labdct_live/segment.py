@@ -1,4 +1,4 @@
-"""Spot segmentation: the standard routine of LabDCT (physics.md §7), one-threshold
+"""Spot segmentation: the standard routine of LabDCT (docs/physics.md §7), one-threshold
 segmentation for denoised images, and spot tables.
 
 The standard routine, for every frame of a rotation scan:
@@ -75,7 +75,7 @@ class StackTooShortError(ValueError):
 class RoutineParams:
     """Parameters of the standard routine.
 
-    Defaults are the values seen in the public code of the field (physics.md §7; Al sample,
+    Defaults are the values seen in the public code of the field (docs/physics.md §7; Al sample,
     14 mm): these are the "paper's parameters" this project compares against.
 
     Parameters

@@ -1,4 +1,4 @@
-"""Signal-to-noise ratio of diffraction spots (physics.md §8) and exposure planning.
+"""Signal-to-noise ratio of diffraction spots (docs/physics.md §8) and exposure planning.
 
 For a spot with pixel values ``s`` and background pixels ``b`` taken in a margin around it
 (its bounding box grown by ``margin`` pixels, minus every spot pixel and excluded pixel)::

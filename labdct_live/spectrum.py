@@ -1,4 +1,4 @@
-"""Tungsten-anode tube spectrum, detector efficiency and attenuation (physics.md §4).
+"""Tungsten-anode tube spectrum, detector efficiency and attenuation (docs/physics.md §4).
 
 The spectrum comes from `spekpy <https://bitbucket.org/spekpy/spekpy_release>`_, which models
 bremsstrahlung and characteristic lines of a W anode offline. Linear attenuation coefficients

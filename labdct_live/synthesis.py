@@ -1,4 +1,4 @@
-"""Noisy training inputs and target images from simulated projections (physics.md §6).
+"""Noisy training inputs and target images from simulated projections (docs/physics.md §6).
 
 The seed paper's recipe (Eq. 1-2): from a simulated frame ``I_simu`` with constant background
 ``C_BG`` and a normalised background image ``I_BG``::
@@ -479,7 +479,7 @@ def random_acquisition(
     beamstop_fraction: tuple[float, float] = (0.3, 0.5),
     kvp_range: tuple[float, float] = (100.0, 160.0),
 ):
-    """A random sample and geometry for varied training data (issue 4).
+    """A random sample and geometry for varied training data.
 
     Sample size and grain count follow one of the presets ``samples``; the material is drawn
     from ``materials``. Lss and Lsd are drawn independently and uniformly in

@@ -1,4 +1,4 @@
-"""The command line never loses data and fails with one clear line (issue 9, sections 2b, 5).
+"""The command line never loses data and fails with one clear line.
 
 Every test runs ``labdct_live.cli.main`` in-process and checks, for a class of error over the
 commands it concerns: exit status != 0, exactly one line ``labdct-live CMD: error: ...`` on
@@ -124,7 +124,7 @@ def _overlap_cases():
     """(command, argv builder, what must survive) for outputs that are, hold or lie in an
     input."""
     return {
-        # The issue's report: OUTPUT_DIR is the parent of INPUT_DIR.
+        # The reported case: OUTPUT_DIR is the parent of INPUT_DIR.
         "segment-parent": ("segment", lambda t, s, m, meta:
                            ["segment", s / "frames", s, "--overwrite"], "scan"),
         "segment-inside": ("segment", lambda t, s, m, meta:
@@ -442,7 +442,7 @@ def test_file_that_is_not_hdf5_is_named(which, tmp_path, capsys):
      "--threshold -1 is outside the U-Net's output range [0, 1)"),
     (["segment", "--method", "dl", "--threshold", "1.5", "{frames}", "{out}"], "segment",
      "--threshold 1.5 is outside"),
-    # The issue's command: four values would swallow the positional folders.
+    # The reported command: four values would swallow the positional folders.
     (["segment", "--beamstop", "544", "1496", "526", "1487", "{frames}", "{out}"], "segment",
      "argument --beamstop: expected ROW0,ROW1,COL0,COL1"),
     (["segment", "--beamstop", "0,99,0,3", "{frames}", "{out}"], "segment",

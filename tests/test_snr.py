@@ -1,4 +1,4 @@
-"""Spot SNR (physics.md §8), frame summaries and exposure planning (labdct_live.snr)."""
+"""Spot SNR (docs/physics.md §8), frame summaries and exposure planning (labdct_live.snr)."""
 
 from __future__ import annotations
 

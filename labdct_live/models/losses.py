@@ -2,7 +2,7 @@
 
 A loss is named by its terms joined with ``+``; each term has a weight (default 1)::
 
-    get_loss("paper")        # = "mse+perceptual": the paper's loss (physics.md §9)
+    get_loss("paper")        # = "mse+perceptual": the paper's loss (docs/physics.md §9)
     get_loss("mse+dice", weights={"dice": 0.5})
     get_loss("mse+focal", options={"focal": {"gamma": 2.0, "alpha": 0.25}})
 

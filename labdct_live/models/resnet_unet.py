@@ -11,7 +11,7 @@ ReLU + two convs at the bottleneck; at each of the four resolution changes a ``U
 (ICNR pixel-shuffle upsampling to half the channels, batch-normed skip features concatenated,
 ReLU, two 3×3 conv + BN + ReLU); a last pixel shuffle back to the input resolution; the input
 concatenated ("last cross"); a residual block; a final 1×1 conv + BN; a sigmoid to [0, 1].
-That is 54 conv layers (36 in the encoder), as in the paper (physics.md §9).
+That is 54 conv layers (36 in the encoder), as in the paper (docs/physics.md §9).
 """
 
 from __future__ import annotations
