@@ -40,11 +40,12 @@ import pandas as pd
 import pyarrow as pa
 
 from . import __version__
+from .catalog import CATALOG_ERRORS, describe_catalog_error
 from .names import check_key
 from .spot_schema import SPOT_COLUMNS, conform_spots
 
 __all__ = ["FRAME_SCHEMA", "SPOT_SCHEMA", "ProcessedRunWriter", "frame_row",
-           "frames_in_catalog", "describe_catalog_error"]
+           "frames_in_catalog"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,20 +62,6 @@ FRAME_SCHEMA = pa.schema([
 SPOT_SCHEMA = pa.schema([(c.name, pa.from_numpy_dtype(np.dtype(c.dtype)))
                          for c in SPOT_COLUMNS])
 
-# Errors that mean "the catalog is not there right now": spool and retry later.
-_UNAVAILABLE = (httpx.TransportError, httpx.HTTPStatusError, ConnectionError, TimeoutError,
-                OSError)
-
-
-def describe_catalog_error(exc: BaseException) -> str:
-    """What went wrong talking to the catalog, in words: a refused API key (HTTP 401/403) is
-    not the same fault as a server that cannot be reached."""
-    if isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code in (401, 403):
-        return (f"the catalog refused the API key (HTTP {exc.response.status_code}); was the "
-                "server restarted with another key?")
-    return f"catalog unreachable ({type(exc).__name__}: {exc})"
-
-
 def frames_in_catalog(client, node: str) -> set[int]:
     """Frames that already have a row in ``processed/<node>`` (written by a worker before
     this one); empty when the node or the catalog is not there."""
@@ -83,7 +70,7 @@ def frames_in_catalog(client, node: str) -> set[int]:
         if node not in processed or "frames" not in processed[node]:
             return set()
         return {int(i) for i in processed[node]["frames"].read()["frame"]}
-    except (*_UNAVAILABLE, KeyError) as exc:
+    except (*CATALOG_ERRORS, KeyError) as exc:
         logger.warning("cannot read the frames already in processed/%s: %s", node,
                        describe_catalog_error(exc))
         return set()
@@ -309,7 +296,7 @@ class ProcessedRunWriter:
                 path.unlink()
         except _NotReady:
             return False
-        except _UNAVAILABLE as exc:
+        except CATALOG_ERRORS as exc:
             logger.info("%s; %d results waiting", describe_catalog_error(exc), self.pending)
             return False
         logger.warning("catalog back: wrote %d waiting results", n)
@@ -340,7 +327,7 @@ class ProcessedRunWriter:
         except _NotReady:
             self._spool(result)
             return "spooled"
-        except _UNAVAILABLE as exc:
+        except CATALOG_ERRORS as exc:
             logger.warning("%s: spooling results to %s", describe_catalog_error(exc),
                            self.spool_dir)
             self._down_since = time.monotonic()
@@ -372,7 +359,7 @@ class ProcessedRunWriter:
                 self._ensure_nodes(self._shape)
             if self._node is not None:
                 self._node.update_metadata(final)
-        except _UNAVAILABLE as exc:
+        except CATALOG_ERRORS as exc:
             logger.error("could not write the processed node's final status: %s",
                          describe_catalog_error(exc))
             self._save_description(final)

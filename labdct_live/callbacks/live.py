@@ -40,8 +40,8 @@ from event_model import DocumentRouter
 
 from ..geometry import Geometry
 from ..names import safe_key
-from ..processed import (ProcessedRunWriter, describe_catalog_error, frame_row,
-                         frames_in_catalog)
+from ..catalog import describe_catalog_error
+from ..processed import ProcessedRunWriter, frame_row, frames_in_catalog
 from ..processing import FrameError, ProcessedFrame, check_frame, make_method
 from .inbox import END, FrameItem, Inbox
 from .readers import (CallableFrameRef, CatalogRunFrames, ErrorFrameRef, FrameRef,

@@ -29,25 +29,13 @@ from pathlib import Path
 
 import httpx
 
+from ..catalog import is_transient_error
 from ..names import safe_key
 from ..wire import append_document
 
 __all__ = ["ResilientTiledWriter"]
 
 logger = logging.getLogger(__name__)
-
-_TRANSIENT = (httpx.TransportError, ConnectionError, TimeoutError)
-
-
-def _is_transient(exc: BaseException | None) -> bool:
-    if exc is None:
-        return False
-    if isinstance(exc, _TRANSIENT):
-        return True
-    if isinstance(exc, httpx.HTTPStatusError):
-        return exc.response.status_code >= 502  # gateway errors, server restarting
-    return _is_transient(exc.__cause__) or _is_transient(exc.__context__)
-
 
 class ResilientTiledWriter:
     """``TiledWriter`` behind a queue, rewriting a run after an outage (module docstring).
@@ -121,7 +109,7 @@ class ResilientTiledWriter:
             self._writer(name, doc)
             self.delivered += 1
         except Exception as exc:
-            if not _is_transient(exc):
+            if not is_transient_error(exc):
                 raise
             logger.warning("tiled unreachable while writing the raw run (%s); will rewrite "
                            "the run when the server is back", exc)
