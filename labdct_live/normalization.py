@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .io import check_frame
+
 __all__ = ["NORMALIZE_PERCENTILES", "NORMALIZE_SAMPLES", "normalization_stride",
            "normalization_stats", "normalize_frame"]
 
@@ -18,17 +20,6 @@ NORMALIZE_PERCENTILES = (50.0, 99.0)
 
 #: At most this many pixels (a regular subsample) enter the normalisation percentiles.
 NORMALIZE_SAMPLES = 1 << 18
-
-
-def _check_frame(frame) -> np.ndarray:
-    frame = np.asarray(frame)
-    if frame.ndim != 2:
-        raise ValueError(f"frame must be a 2-D (row, col) image, got shape {frame.shape}")
-    if frame.dtype.kind not in "biuf":
-        raise ValueError(f"frame must hold numbers, got dtype {frame.dtype}")
-    if frame.dtype.kind == "f" and not np.isfinite(frame).all():
-        raise ValueError("frame contains NaN or infinite values")
-    return frame
 
 
 def normalization_stride(shape: tuple[int, int]) -> int:
@@ -46,7 +37,7 @@ def normalization_stats(frame: np.ndarray,
     column of a 2032² frame), which is ~10x faster than on the whole frame and differs from it
     by well under a percent. A flat frame gets spread 1.
     """
-    frame = _check_frame(frame)
+    frame = check_frame(frame)
     low, high = percentiles
     if not 0 <= low < high <= 100:
         raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got {percentiles}")
@@ -84,7 +75,7 @@ def normalize_frame(frame: np.ndarray, stats: tuple[float, float] | None = None,
     -------
     ndarray of float32
     """
-    frame = _check_frame(frame)
+    frame = check_frame(frame)
     center, spread = normalization_stats(frame, percentiles) if stats is None else stats
     out = frame.astype(np.float32)
     out -= np.float32(center)
