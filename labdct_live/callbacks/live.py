@@ -193,9 +193,13 @@ class LiveProcessor(DocumentRouter):
             return
         keys = doc["data_keys"]
         key = self._image_key
-        if key is None:
+        if key is None:  # a plan that does not name it: the first 2-D array, said aloud
             key = next((k for k, v in keys.items()
                         if len([s for s in v.get("shape", []) if s and s > 1]) == 2), None)
+            if key is not None:
+                logger.warning("run %s: the start document names no image_key; processing the "
+                               "2-D array %r of stream %r (set LiveConfig.image_key to choose)",
+                               self.raw_uid, key, doc.get("name"))
         if key is None or key not in keys:
             return  # a stream without images (e.g. baseline readings)
         self._image_key, self._image_stream = key, doc.get("name", "primary")
