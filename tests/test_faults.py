@@ -28,6 +28,7 @@ from labdct_live.processing import RoutineMethod
 from labdct_live.segment import RoutineParams
 from labdct_live.session import LiveSession
 from labdct_live.spool_import import import_spool
+from processes import end_processes
 
 SHAPE = (128, 128)
 PARAMS = RoutineParams(window=5, sigma=1.0, min_size=3)
@@ -315,14 +316,7 @@ class ZmqChain:
         process.wait(20)
 
     def close(self):
-        for p in (self.worker, self.proxy):
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(20)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait(20)
+        end_processes(self.worker, self.proxy)
 
 
 def _wait_status(client, uid, timeout=180.0) -> str:

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from labdct_live.callbacks.live import LiveConfig, live_router
+from processes import end_processes
 from labdct_live.catalog import CatalogServer
 from labdct_live.plans import adaptive_exposure_scan, labdct_scan
 from labdct_live.processing import RoutineMethod
@@ -339,13 +340,7 @@ def test_zmq_worker_in_another_process_processes_a_published_scan(tmp_path):
             assert node["binary"].read().shape == (N, *SHAPE)
             publisher.close()
         finally:
-            for p in (worker, proxy):
-                p.terminate()
-                try:
-                    p.wait(20)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait(20)
+            end_processes(worker, proxy)
 
 
 def test_a_scan_shorter_than_the_routine_window_is_accounted_for(tmp_path):

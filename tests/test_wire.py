@@ -30,6 +30,7 @@ from labdct_live.remote import (
     make_publisher,
 )
 from labdct_live.wire import ARRAY_EXT, SCALAR_EXT, WireDecodeError, pack, unpack
+from processes import end_processes
 
 CLI = [sys.executable, "-m", "labdct_live"]
 NUMERIC = ["b1", "i1", "u1", "i2", "u2", "i4", "u4", "i8", "u8", "f2", "f4", "f8", "c8", "c16"]
@@ -199,16 +200,6 @@ def _start_proxy(*options: str, env: dict) -> tuple[subprocess.Popen, str, str]:
     return proxy, found[1], found[2]
 
 
-def _end(*processes: subprocess.Popen) -> None:
-    for p in processes:
-        p.terminate()
-        try:
-            p.wait(20)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(20)
-
-
 def _wait_for(predicate, timeout: float, every: float = 0.1, action=None) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -263,7 +254,7 @@ def test_forged_pickle_documents_run_nothing_and_the_worker_carries_on(tmp_path)
         finally:
             attacker.close(linger=0)
             context.term()
-            _end(worker, proxy)
+            end_processes(worker, proxy)
         summary = worker.stdout.read()
     assert f"1 documents accepted, {n_before + 1} rejected" in summary
     assert not pwned.exists()
@@ -318,7 +309,7 @@ def test_with_curve_only_admitted_keys_publish_or_subscribe(tmp_path):
             publisher.close()
         for collector in collectors.values():
             collector.close()
-        _end(proxy)
+        end_processes(proxy)
     assert set(collectors["good"].uids) == {"good"}
     assert collectors["plain"].uids == [] and collectors["rogue"].uids == []
 
