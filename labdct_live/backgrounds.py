@@ -163,7 +163,11 @@ class ProceduralBackground:
     --------
     >>> bg = ProceduralBackground((512, 512), beamstop=(150, 360, 150, 360), seed=1)
     >>> image = bg.render()
-    >>> crop = bg.render(slice(0, 64), slice(100, 164))  # equals image[0:64, 100:164]
+    >>> image.shape, float(image.max())
+    ((512, 512), 1.0)
+    >>> crop = bg.render(slice(0, 64), slice(100, 164))
+    >>> bool(np.array_equal(crop, image[0:64, 100:164]))
+    True
     """
 
     def __init__(

@@ -591,8 +591,21 @@ class SyntheticPairStream(IterableDataset):
 
     Examples
     --------
-    >>> stream = SyntheticPairStream("cache/", seed=1)  # doctest: +SKIP
-    >>> loader = torch.utils.data.DataLoader(stream, batch_size=4, num_workers=1)  # doctest: +SKIP
+    A cache of one projection of the D18 sample (128² pixels), and crops drawn from it:
+
+    >>> import tempfile
+    >>> from labdct_live.devices import scaled_geometry
+    >>> from labdct_live.presets import preset
+    >>> spec, geometry = preset("D18")
+    >>> acquisition = Acquisition("D18", spec, scaled_geometry(geometry, (128, 128)), 1)
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> cache = build_projection_cache(folder.name, [acquisition], 1, progress=False)
+    >>> stream = SyntheticPairStream(cache, crops=CropSettings(size=64), seed=1)
+    >>> x, y = next(iter(stream))
+    >>> x.shape, x.dtype, bool(((y == 0) | (y == 1)).all())
+    (torch.Size([1, 64, 64]), torch.float32, True)
+    >>> loader = torch.utils.data.DataLoader(stream, batch_size=4, num_workers=1)
+    >>> folder.cleanup()
     """
 
     def __init__(

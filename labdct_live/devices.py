@@ -310,10 +310,22 @@ class LabDCTDetector(Device):
 
     Examples
     --------
-    >>> rotation = make_rotation_stage()                           # doctest: +SKIP
+    A small instrument (the D18 sample, 128² pixels) and a three-frame scan; with a catalog,
+    use the default stream mode and give ``write_dir``:
+
+    >>> from bluesky import RunEngine
+    >>> from labdct_live.microstructure import make_sample
+    >>> from labdct_live.plans import labdct_scan
+    >>> from labdct_live.presets import preset
+    >>> spec, geometry = preset("D18")
+    >>> sim = Simulator(make_sample(spec, seed=1), scaled_geometry(geometry, (128, 128)))
+    >>> rotation = make_rotation_stage()
     >>> det = LabDCTDetector(simulator=sim, rotation=rotation, name="labdct",
-    ...                      write_dir="frames", seed=1)           # doctest: +SKIP
-    >>> RE(labdct_scan(det, rotation, step=10, exposure=2.0))      # doctest: +SKIP
+    ...                      mode="embedded", seed=1)
+    >>> RE = RunEngine({})
+    >>> (uid,) = RE(labdct_scan(det, rotation, start=0, stop=20, step=10, exposure=2.0))
+    >>> det.image.get().shape, rotation.position, det.last_projection.omega
+    ((128, 128), 20.0, 20.0)
     """
 
     image = Cpt(_FrameSignal, kind="normal")

@@ -25,6 +25,9 @@ labdct_live_version  the package version
 
 plus bluesky's usual ``detectors``, ``motors``, ``num_points``, ``plan_args`` and ``hints``;
 the adaptive scan adds ``target_snr``, ``min_exposure``, ``max_exposure`` and ``damping``.
+
+The examples use ``RE``, ``det`` and ``rotation`` made as in the example of
+:class:`~labdct_live.devices.LabDCTDetector`.
 """
 
 from __future__ import annotations
@@ -214,7 +217,9 @@ def labdct_scan(detector, rotation, start: float = -180.0, stop: float = 180.0,
 
     Examples
     --------
-    >>> RE(labdct_scan(det, rotation, start=0, stop=10, step=2, exposure=1.5))  # doctest: +SKIP
+    >>> (uid,) = RE(labdct_scan(det, rotation, start=0, stop=10, step=2, exposure=1.5))
+    >>> rotation.position, det.exposure.get()
+    (10.0, 1.5)
     """
     omegas = scan_omegas(start, stop, step)
     exposure = _positive(
@@ -256,8 +261,14 @@ def adaptive_exposure_scan(detector, rotation, snr_source: Callable[[], float | 
 
     Examples
     --------
-    >>> RE(adaptive_exposure_scan(det, rotation, monitor.latest_snr, target_snr=5,
-    ...                           step=2, exposure=1.0, max_exposure=20))  # doctest: +SKIP
+    In a session the SNR source is the live monitor's ``monitor.latest_snr``; here a
+    stand-in with SNR = 2 √exposure, so the target SNR 8 needs (8 / 2)² = 16 s:
+
+    >>> snr_source = lambda: 2.0 * det.exposure.get() ** 0.5
+    >>> (uid,) = RE(adaptive_exposure_scan(det, rotation, snr_source, target_snr=8, start=0,
+    ...                                    stop=20, step=2, exposure=1.0, max_exposure=20))
+    >>> round(det.exposure.get())
+    16
     """
     if not callable(snr_source):
         raise PlanError(f"snr_source must be a callable returning the latest SNR, got "

@@ -124,13 +124,18 @@ class Simulator:
 
     Examples
     --------
-    >>> from labdct_live.presets import preset
+    The D18 sample seen by the paper's detector binned to 256² pixels (a quick look):
+
+    >>> from labdct_live.devices import scaled_geometry
     >>> from labdct_live.microstructure import make_sample
+    >>> from labdct_live.presets import preset
     >>> spec, geometry = preset("D18")
-    >>> sim = Simulator(make_sample(spec, seed=1), geometry)
+    >>> sim = Simulator(make_sample(spec, seed=1), scaled_geometry(geometry, (256, 256)))
     >>> projection = sim.project(0.0)
     >>> projection.frame.dtype, projection.frame.shape
-    (dtype('uint16'), (2032, 2032))
+    (dtype('uint16'), (256, 256))
+    >>> bool(len(projection.spots) == projection.labels.max() > 100)  # one label per spot
+    True
     """
 
     def __init__(self, sample: Sample, geometry: Geometry,
