@@ -21,8 +21,9 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/labdct-live demo --out out/demo
 
-## The tests (not the slow ones), the docstring examples and the documentation build.
+## The linter, the tests (not the slow ones) with the docstring examples, and the docs build.
 test: $(STAMP)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -m "not slow" -q --durations=15 --doctest-modules labdct_live tests
 	$(BIN)/mkdocs build --strict --quiet --site-dir .site
 

@@ -50,7 +50,8 @@ def main() -> None:
         bare.subscribe(raw)
         t = time.perf_counter()
         bare(plan())
-        print(f"warm-up (simulating projections): {(time.perf_counter() - t) / args.projections:.3f} s/frame")
+        per_frame = (time.perf_counter() - t) / args.projections
+        print(f"warm-up (simulating projections): {per_frame:.3f} s/frame")
         t = time.perf_counter()
         bare(plan())
         without = (time.perf_counter() - t) / args.projections

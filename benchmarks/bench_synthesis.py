@@ -36,8 +36,12 @@ def main() -> None:
     args = parser.parse_args()
 
     from labdct_live.backgrounds import ProceduralBackground, remove_spots
-    from labdct_live.datasets import CropSettings, build_projection_cache, generate_crops
-    from labdct_live.datasets import paper_acquisitions
+    from labdct_live.datasets import (
+        CropSettings,
+        build_projection_cache,
+        generate_crops,
+        paper_acquisitions,
+    )
     from labdct_live.synthesis import make_pair, normalize_frame
 
     with tempfile.TemporaryDirectory() as tmp:

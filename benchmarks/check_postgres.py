@@ -117,7 +117,9 @@ def main() -> int:
         n = args.projections
         ok = (done and sorted(frames.frame) == list(range(n)) and raw_frames.shape[0] == n
               and node.metadata["status"] == "complete")
-        print(f"PostgreSQL {subprocess.run(['postgres', '--version'], capture_output=True, text=True).stdout.strip()}, "
+        version = subprocess.run(["postgres", "--version"], capture_output=True,
+                                 text=True).stdout.strip()
+        print(f"PostgreSQL {version}, "
               f"tiled catalog and tables in PostgreSQL; D35 at {args.detector}², {n} frames, "
               f"method {args.method}")
         print(f"scan {scan:.1f} s ({scan / n:.3f} s/frame), all results in the catalog after "

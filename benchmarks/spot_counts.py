@@ -35,7 +35,8 @@ def main() -> None:
     ap.add_argument("--seeds", default="1")
     ap.add_argument("--visible", type=float, default=15.0)
     ap.add_argument("--size-spread", default=None,
-                    help="'paper' (Table 1's SD/mean per sample) or a number; default: the presets'")
+                    help="'paper' (Table 1's SD/mean per sample) or a number; "
+                         "default: the presets'")
     args = ap.parse_args()
     omegas = np.linspace(-180, 180, args.projections, endpoint=False)
     print(f"{args.projections} projections per sample, seeds {args.seeds}, "

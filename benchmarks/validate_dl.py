@@ -38,7 +38,12 @@ from labdct_live.models.inference import Denoiser  # noqa: E402
 from labdct_live.presets import preset  # noqa: E402
 from labdct_live.report import markdown_table, summary_table, write_report  # noqa: E402
 from labdct_live.segment import (  # noqa: E402
-    RollingMedianSubtractor, RoutineParams, label_spots, segment_corrected, threshold_segment)
+    RollingMedianSubtractor,
+    RoutineParams,
+    label_spots,
+    segment_corrected,
+    threshold_segment,
+)
 
 #: The tuned parameters measured by validate_routine.py (docs/validation.md), used when no
 #: --tuned file is given.
@@ -117,7 +122,7 @@ def main() -> None:
         pending = {}
         median = RollingMedianSubtractor(11, circular=True, exclude=exclude)
 
-        def segment_ready(ready):
+        def segment_ready(ready, pending=pending, exclude=exclude, triples=triples):
             for j, corrected in ready:
                 if j not in pending:
                     continue

@@ -286,7 +286,7 @@ class CatalogServer:
         """The server process's id while it runs (or has not been reaped), else None."""
         return None if self._process is None else self._process.pid
 
-    def start(self, timeout: float = 120.0) -> "CatalogServer":
+    def start(self, timeout: float = 120.0) -> CatalogServer:
         """Start the server and wait until it answers.
 
         A port we chose ourselves can be taken by another process between choosing and
@@ -309,7 +309,7 @@ class CatalogServer:
                 self.port = _free_port(self.host)
         raise AssertionError("unreachable")
 
-    def _start(self, timeout: float) -> "CatalogServer":
+    def _start(self, timeout: float) -> CatalogServer:
         if self.running:
             return self
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -407,7 +407,7 @@ class CatalogServer:
         except (OSError, ValueError, AttributeError):
             pass
 
-    def restart(self) -> "CatalogServer":
+    def restart(self) -> CatalogServer:
         """Stop and start again on the same port with the same key."""
         self.stop()
         return self.start()
@@ -416,7 +416,7 @@ class CatalogServer:
         """A :mod:`tiled.client` root of this catalog."""
         return connect(self.uri, self.api_key)
 
-    def __enter__(self) -> "CatalogServer":
+    def __enter__(self) -> CatalogServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -107,7 +107,7 @@ class Material:
         return np.exp(phases).sum(axis=-1)
 
     @cached_property
-    def reflections(self) -> "Reflections":
+    def reflections(self) -> Reflections:
         """Every allowed hkl of the first ``n_families`` families, Friedel mates included."""
         rng = int(np.ceil(np.sqrt(8 * self.n_families + 8))) + 1
         hkl = np.array(list(product(range(-rng, rng + 1), repeat=3)))
@@ -166,4 +166,5 @@ def get_material(name: str | Material) -> Material:
     try:
         return MATERIALS[name]
     except KeyError:
-        raise MaterialError(f"unknown material {name!r}; choose one of {sorted(MATERIALS)}") from None
+        raise MaterialError(
+            f"unknown material {name!r}; choose one of {sorted(MATERIALS)}") from None

@@ -193,7 +193,7 @@ class _CacheWriter:
         self.entries.append({"file": file, "acquisition": meta["acquisition"]["name"],
                              "omega": float(meta["omega"])})
 
-    def finish(self, **index_fields) -> "ProjectionCache":
+    def finish(self, **index_fields) -> ProjectionCache:
         if not self.entries:
             raise DatasetError("no projections were written to the cache")
         index = {"format": CACHE_FORMAT, "version": __version__, **index_fields,
@@ -214,7 +214,7 @@ def _check_cache_meta(meta: dict, where: str) -> None:
 
 
 def write_projection_cache(directory: str | os.PathLike,
-                           projections: Iterable[CachedProjection]) -> "ProjectionCache":
+                           projections: Iterable[CachedProjection]) -> ProjectionCache:
     """Write projections that are already at hand (e.g. from real simulations run elsewhere,
     or constructed in tests) as a cache.
 
@@ -239,7 +239,7 @@ def build_projection_cache(
     seed: int = 0,
     simulation_options: Any = None,
     progress: bool = True,
-) -> "ProjectionCache":
+) -> ProjectionCache:
     """Simulate projections of every acquisition into a cache folder.
 
     Rotation angles are drawn at random (seeded) from each geometry's omega grid, without

@@ -207,7 +207,7 @@ class ExportMetadata:
         return int(self.omegas.size)
 
     @classmethod
-    def from_dict(cls, metadata: Mapping) -> "ExportMetadata":
+    def from_dict(cls, metadata: Mapping) -> ExportMetadata:
         """Build from a plain dict (e.g. a ``--meta`` JSON file).
 
         Keys: ``geometry`` (required: a Geometry or ``Geometry.to_dict()``, optionally with

@@ -205,7 +205,7 @@ class Geometry:
         """Rotation angle of every projection (degrees)."""
         return self.omega_start + self.omega_step * np.arange(self.n_projections)
 
-    def with_(self, **changes) -> "Geometry":
+    def with_(self, **changes) -> Geometry:
         """A copy with some fields changed (the beam stop is re-derived unless given)."""
         if "beamstop" not in changes and self.beamstop == self._scaled_paper_beamstop():
             changes["beamstop"] = None
@@ -223,7 +223,7 @@ class Geometry:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
 
     @classmethod
-    def from_dict(cls, d: Mapping) -> "Geometry":
+    def from_dict(cls, d: Mapping) -> Geometry:
         """The geometry :meth:`to_dict` described (lists back to tuples).
 
         Raises

@@ -913,7 +913,8 @@ def _dream3d_phases(
 ) -> dict[int, Phase]:
     ensemble = f.get(f"{base}/CellEnsembleData")
     structures = (np.asarray(ensemble["CrystalStructures"][()]).reshape(-1)
-                  if ensemble is not None and "CrystalStructures" in ensemble else np.array([999, 1]))
+                  if ensemble is not None and "CrystalStructures" in ensemble
+                  else np.array([999, 1]))
     lattice = (np.asarray(ensemble["LatticeConstants"][()], float).reshape(-1, 6)
                if ensemble is not None and "LatticeConstants" in ensemble else None)
     names = list(phase_names or [])

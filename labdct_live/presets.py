@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from .geometry import Geometry, PAPER_PIXEL_SIZE_MM
+from .geometry import PAPER_PIXEL_SIZE_MM, Geometry
 from .microstructure import SampleSpec
 
 __all__ = ["PAPER_SIZE_SPREAD", "PRESETS", "preset"]
@@ -63,7 +63,8 @@ def preset(name: str, size_spread: float | str | None = None) -> tuple[SampleSpe
     try:
         spec, geometry = PRESETS[name]
     except KeyError:
-        raise ValueError(f"unknown sample preset {name!r}; choose one of {sorted(PRESETS)}") from None
+        raise ValueError(
+            f"unknown sample preset {name!r}; choose one of {sorted(PRESETS)}") from None
     if size_spread == "paper":
         if name not in PAPER_SIZE_SPREAD:
             raise ValueError(f"the paper gives no grain-size spread for {name!r}; give a number")

@@ -166,7 +166,7 @@ class ProcessedRunWriter:
             logger.error("cannot write %s (%s)", self.spool_dir / "run.json", exc)
 
     @classmethod
-    def from_spool(cls, client, spool_dir: str | os.PathLike) -> "ProcessedRunWriter":
+    def from_spool(cls, client, spool_dir: str | os.PathLike) -> ProcessedRunWriter:
         """The writer of the node a spool belongs to (its ``run.json``), to write the spooled
         results with :meth:`finalize`."""
         spool_dir = Path(spool_dir)

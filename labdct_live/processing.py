@@ -27,7 +27,7 @@ import pandas as pd
 from .io import FrameReadError
 from .io import check_frame as io_check_frame
 from .segment import RoutineParams, StandardRoutine, label_spots, spot_table
-from .snr import spot_snr, snr_summary
+from .snr import snr_summary, spot_snr
 from .spot_schema import conform_spots
 
 __all__ = ["ProcessedFrame", "ProcessingMethod", "DLMethod", "RoutineMethod", "make_method",

@@ -41,7 +41,8 @@ class ReplayResult:
             a = self.agreement
             out.update(frames_compared=len(a), identical_frames=int(a.identical.sum()),
                        mean_iou=float(a.iou.mean()), min_iou=float(a.iou.min()),
-                       spot_count_difference=int((a.n_spots_replay - a.n_spots_original).abs().sum()))
+                       spot_count_difference=int(
+                           (a.n_spots_replay - a.n_spots_original).abs().sum()))
         return out
 
 

@@ -40,9 +40,9 @@ import tifffile
 from tqdm.auto import tqdm
 
 from . import __version__
-from .io import AtomicOutputDir
 from .geometry import Geometry
 from .grainmap import GrainMap, write_gm3d
+from .io import AtomicOutputDir
 from .microstructure import Sample
 from .simulate import SimulationOptions, Simulator
 
@@ -163,7 +163,7 @@ class SimulatedScan:
     meta: dict
 
     @classmethod
-    def open(cls, path: str | os.PathLike) -> "SimulatedScan":
+    def open(cls, path: str | os.PathLike) -> SimulatedScan:
         path = Path(path)
         meta_file = path / "scan.json"
         if not meta_file.is_file():

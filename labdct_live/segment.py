@@ -120,17 +120,17 @@ class RoutineParams:
         object.__setattr__(self, "percent", float(self.percent))
 
     @classmethod
-    def public_code(cls) -> "RoutineParams":
+    def public_code(cls) -> RoutineParams:
         """Window 11, background 5, sigma 6, percent 0.10, minimum size 10 px (the default)."""
         return cls()
 
     @classmethod
-    def older_variant(cls) -> "RoutineParams":
+    def older_variant(cls) -> RoutineParams:
         """The older public variant: sigma 0.5, minimum size 2 px, otherwise the default."""
         return cls(sigma=0.5, min_size=2)
 
     @classmethod
-    def preset(cls, name: str) -> "RoutineParams":
+    def preset(cls, name: str) -> RoutineParams:
         """``"public-code"`` (alias ``"paper"``) or ``"older"``."""
         presets = {"public-code": cls.public_code, "paper": cls.public_code,
                    "older": cls.older_variant}
@@ -139,7 +139,7 @@ class RoutineParams:
                 f"unknown routine preset {name!r}; choose one of {sorted(presets)}")
         return presets[name]()
 
-    def with_(self, **changes) -> "RoutineParams":
+    def with_(self, **changes) -> RoutineParams:
         """A copy with some parameters changed."""
         return replace(self, **changes)
 

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
-from .callbacks.raw_writer import ResilientTiledWriter
 from .callbacks.end_of_scan import EndOfScan
 from .callbacks.live import LiveConfig, LiveProcessor, live_router
 from .callbacks.monitor import ExposureMonitor
+from .callbacks.raw_writer import ResilientTiledWriter
 from .catalog import CatalogServer, connect
 
 __all__ = ["LiveSession"]
@@ -97,7 +97,7 @@ class LiveSession:
         """Where the simulated detector writes its HDF5 files (readable by the catalog)."""
         return self.workdir / "raw"
 
-    def open(self) -> "LiveSession":
+    def open(self) -> LiveSession:
         from bluesky import RunEngine
 
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -198,7 +198,7 @@ class LiveSession:
             self.server.stop()
             self.server = None
 
-    def __enter__(self) -> "LiveSession":
+    def __enter__(self) -> LiveSession:
         return self.open()
 
     def __exit__(self, exc_type, *exc) -> None:

@@ -24,8 +24,8 @@ for the grain's extent) before its sub-points are traced, and the tracing runs i
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Iterator
 
 import numpy as np
 import pandas as pd

@@ -22,7 +22,8 @@ _THIN_MM = 1e-3  # a filter thin enough that exp(-mu t) never underflows in the 
 
 
 @lru_cache(maxsize=8)
-def _spekpy_spectrum(kvp: float, anode_angle: float, filters: tuple) -> tuple[np.ndarray, np.ndarray]:
+def _spekpy_spectrum(kvp: float, anode_angle: float, filters: tuple
+                     ) -> tuple[np.ndarray, np.ndarray]:
     import spekpy
 
     spek = spekpy.Spek(kvp=kvp, th=anode_angle)

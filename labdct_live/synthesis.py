@@ -37,8 +37,12 @@ from typing import Any
 
 import numpy as np
 
-from .normalization import (NORMALIZE_PERCENTILES, normalization_stats, normalization_stride,
-                            normalize_frame)
+from .normalization import (
+    NORMALIZE_PERCENTILES,
+    normalization_stats,
+    normalization_stride,
+    normalize_frame,
+)
 from .segment import RoutineParams, segment_corrected
 
 __all__ = [

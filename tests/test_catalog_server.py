@@ -16,8 +16,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from labdct_live.catalog import (CatalogServer, CatalogUnavailable, Terminated, _free_port,
-                                 connect, stop_on_signals)
+from labdct_live.catalog import (
+    CatalogServer,
+    CatalogUnavailable,
+    Terminated,
+    _free_port,
+    connect,
+    stop_on_signals,
+)
 
 #: ``labdct-live`` in the interpreter running the tests.
 CLI = [sys.executable, "-c", "import sys; from labdct_live.cli import main; sys.exit(main())"]

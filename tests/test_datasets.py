@@ -124,7 +124,7 @@ def test_crops_shapes_dtypes_and_determinism(cache):
 
 def test_spot_crops_contain_spots(cache):
     crops = CropSettings(size=48, spot_fraction=1.0, augment=False)
-    for x, y, meta in _take(generate_crops(cache, np.random.default_rng(1), crops=crops), 30):
+    for _x, y, meta in _take(generate_crops(cache, np.random.default_rng(1), crops=crops), 30):
         assert y.sum() > 0
         target = cache[meta["projection"]]
         assert 0 <= meta["row0"] <= SHAPE[0] - 48 and 0 <= meta["col0"] <= SHAPE[1] - 48

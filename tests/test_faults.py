@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from processes import end_processes
 
 from labdct_live.callbacks.live import LiveConfig, live_router
 from labdct_live.callbacks.raw_writer import ResilientTiledWriter
@@ -28,7 +29,6 @@ from labdct_live.processing import RoutineMethod
 from labdct_live.segment import RoutineParams
 from labdct_live.session import LiveSession
 from labdct_live.spool_import import import_spool
-from processes import end_processes
 
 SHAPE = (128, 128)
 PARAMS = RoutineParams(window=5, sigma=1.0, min_size=3)

@@ -13,9 +13,9 @@ import time
 
 import numpy as np
 import pytest
+from processes import end_processes
 
 from labdct_live.callbacks.live import LiveConfig, live_router
-from processes import end_processes
 from labdct_live.catalog import CatalogServer
 from labdct_live.plans import adaptive_exposure_scan, labdct_scan
 from labdct_live.processing import RoutineMethod

@@ -139,7 +139,10 @@ def test_adaptive_scan_follows_the_sqrt_law(simulator):
     """With SNR = k sqrt(t) the exposures are the damped iteration toward (target / k)^2."""
     det = make_detector(simulator, mode="embedded")
     k, target = 2.0, 8.0  # ideal exposure 16 s
-    snr_source = lambda: k * np.sqrt(det.exposure.get())
+
+    def snr_source():
+        return k * np.sqrt(det.exposure.get())
+
     _, docs = run_and_collect(adaptive_exposure_scan(
         det, det.rotation, snr_source, target, 0, 22, 2, exposure=1.0, max_exposure=100))
     recorded = [e["data"]["labdct_exposure"] for e in of(docs, "event")]

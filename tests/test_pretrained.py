@@ -15,7 +15,11 @@ from labdct_live.presets import preset
 from labdct_live.segment import label_spots, threshold_segment
 from labdct_live.simulate import Simulator
 from labdct_live.synthesis import (
-    normalize_frame, scale_for_median_snr, spot_statistics, synthesize_input)
+    normalize_frame,
+    scale_for_median_snr,
+    spot_statistics,
+    synthesize_input,
+)
 
 
 @pytest.fixture(scope="module")

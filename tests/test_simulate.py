@@ -10,7 +10,12 @@ from scipy.spatial.transform import Rotation
 from labdct_live.crystal import MATERIALS
 from labdct_live.geometry import Geometry
 from labdct_live.microstructure import (
-    SampleSpec, cell_tree, make_sample, random_orientations, single_crystal_sample)
+    SampleSpec,
+    cell_tree,
+    make_sample,
+    random_orientations,
+    single_crystal_sample,
+)
 from labdct_live.simulate import Simulator
 
 HC = 12.398419843
@@ -160,7 +165,8 @@ def test_orientations_are_uniform_on_so3():
     assert stats.kstest(angle, haar_cdf).pvalue > 0.01
     # the MATLAB model's Euler sampling (360u, 180u, 360u) fails the same test
     rng = np.random.default_rng(7)
-    euler = np.column_stack([360 * rng.random(4000), 180 * rng.random(4000), 360 * rng.random(4000)])
+    euler = np.column_stack([360 * rng.random(4000), 180 * rng.random(4000),
+                             360 * rng.random(4000)])
     v = Rotation.from_euler("ZXZ", euler, degrees=True).as_matrix()
     angle_v = np.arccos(np.clip((np.trace(v, axis1=1, axis2=2) - 1) / 2, -1, 1))
     assert stats.kstest(angle_v, haar_cdf).pvalue < 1e-3

@@ -6,9 +6,9 @@ import pytest
 from labdct_live.geometry import Geometry
 from labdct_live.snr import spot_snr
 from labdct_live.synthesis import (
+    TARGET_PARAMS,
     SynthesisConfig,
     SynthesisError,
-    TARGET_PARAMS,
     add_noise,
     compose_clean_input,
     draw_r_bg,

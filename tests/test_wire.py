@@ -18,6 +18,7 @@ import msgpack
 import numpy as np
 import pytest
 import zmq
+from processes import end_processes
 
 from labdct_live.cli import main
 from labdct_live.cli.keys import allow_client, write_key_pair
@@ -30,7 +31,6 @@ from labdct_live.remote import (
     make_publisher,
 )
 from labdct_live.wire import ARRAY_EXT, SCALAR_EXT, WireDecodeError, pack, unpack
-from processes import end_processes
 
 CLI = [sys.executable, "-m", "labdct_live"]
 NUMERIC = ["b1", "i1", "u1", "i2", "u2", "i4", "u4", "i8", "u8", "f2", "f4", "f8", "c8", "c16"]

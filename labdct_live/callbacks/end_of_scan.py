@@ -106,7 +106,8 @@ class EndOfScan:
         self.results[node_key] = result
 
     def _compare(self, node_key: str) -> str:
-        recon = Path(str(self.reconstruction).format(node=node_key)) if self.reconstruction else None
+        recon = (Path(str(self.reconstruction).format(node=node_key)) if self.reconstruction
+                 else None)
         if recon is None or not recon.is_file():
             message = (f"reconstruct the export in {self.out_dir / node_key}, then run: "
                        f"labdct-live compare {self.reference} RECONSTRUCTION.h5 "

@@ -31,21 +31,20 @@ from __future__ import annotations
 import logging
 import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from event_model import DocumentRouter
 
+from ..catalog import describe_catalog_error
 from ..geometry import Geometry
 from ..names import safe_key
-from ..catalog import describe_catalog_error
 from ..processed import ProcessedRunWriter, frame_row, frames_in_catalog
 from ..processing import FrameError, ProcessedFrame, check_frame, make_method
 from .inbox import END, FrameItem, Inbox
-from .readers import (CallableFrameRef, CatalogRunFrames, ErrorFrameRef, FrameRef,
-                      HDF5FrameRef)
+from .readers import CallableFrameRef, CatalogRunFrames, ErrorFrameRef, FrameRef, HDF5FrameRef
 from .router import LiveRouter
 
 __all__ = ["LiveConfig", "LiveProcessor", "live_router", "FrameListener"]

@@ -5,7 +5,8 @@ RunEngine for the start/stop documents) and a frame listener of the live process
 (``LiveConfig(listeners=[monitor.on_frame])``), which feeds it each processed frame's row.
 
 Under Poisson statistics SNR grows as the square root of exposure, so the exposure that brings
-the median spot to ``target_snr`` is ``t (target / snr)²`` (:func:`labdct_live.snr.exposure_for_snr`).
+the median spot to ``target_snr`` is ``t (target / snr)²``
+(:func:`labdct_live.snr.exposure_for_snr`).
 The advice is logged as the scan goes (and passed to ``report``); the plot is a matplotlib
 figure updated every frame, saved as PNG every ``save_every`` frames and at the stop document.
 """
@@ -14,8 +15,8 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from event_model import DocumentRouter

@@ -80,13 +80,13 @@ class HDF5FrameRef(FrameRef):
         return {"kind": "hdf5", "path": self.path, "dataset": self.dataset, "index": self.index}
 
     @classmethod
-    def from_stream_resource(cls, resource: dict, index: int) -> "HDF5FrameRef":
+    def from_stream_resource(cls, resource: dict, index: int) -> HDF5FrameRef:
         params = resource.get("parameters", {})
         dataset = params.get("dataset") or params.get("path") or "/entry/data/data"
         return cls(str(uri_to_path(resource["uri"])), dataset, int(index))
 
     @classmethod
-    def from_resource_datum(cls, resource: dict, datum: dict) -> "HDF5FrameRef":
+    def from_resource_datum(cls, resource: dict, datum: dict) -> HDF5FrameRef:
         spec = resource.get("spec", "")
         if spec not in ("AD_HDF5", "AD_HDF5_SWMR", "AD_HDF5_SWMR_STREAM"):
             raise ValueError(f"unsupported Resource spec {spec!r} (supported: AD_HDF5*)")

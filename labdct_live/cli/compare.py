@@ -1,4 +1,5 @@
-"""``labdct-live compare``: compare reconstructed grain maps with a reference (Table 2, Figs. 7-8)."""
+"""``labdct-live compare``: compare reconstructed grain maps with a reference (Table 2,
+Figs. 7-8)."""
 
 from __future__ import annotations
 

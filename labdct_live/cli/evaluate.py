@@ -59,7 +59,8 @@ def _parse_bins(text: str) -> tuple[float, ...]:
     try:
         bins = tuple(float(v) for v in text.split(","))
     except ValueError:
-        raise CLIError(f"--bins takes comma-separated numbers (inf allowed), got {text!r}")
+        raise CLIError(
+            f"--bins takes comma-separated numbers (inf allowed), got {text!r}") from None
     if len(bins) < 2 or any(b <= a for a, b in zip(bins, bins[1:])):
         raise CLIError(f"--bins needs at least two increasing edges, got {text!r}")
     return bins

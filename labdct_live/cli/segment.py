@@ -62,7 +62,8 @@ def _build_routine(args: argparse.Namespace, exclude: np.ndarray | None):
         try:
             loaded = json.loads(Path(args.params).read_text())
         except (OSError, json.JSONDecodeError) as exc:
-            raise CLIError(f"--params {args.params}: cannot read a JSON parameter file ({exc})")
+            raise CLIError(
+                f"--params {args.params}: cannot read a JSON parameter file ({exc})") from None
         loaded = loaded.get("params", loaded)
         unknown = set(loaded) - set(params.to_dict())
         if unknown:
@@ -184,7 +185,7 @@ def _beamstop_from_args(value: tuple[int, int, int, int] | str | None, shape: tu
     return mask
 
 
-def _spot_rows(result: "FrameResult", frame: np.ndarray, exclude: np.ndarray | None,
+def _spot_rows(result: FrameResult, frame: np.ndarray, exclude: np.ndarray | None,
                name: str):
     """The frame's rows of ``spots.csv``: the spot table with the SNR on the raw frame, as the
     live processor writes it to the catalog, and the frame's file name after ``frame``."""

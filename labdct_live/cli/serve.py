@@ -17,7 +17,6 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..catalog import CatalogServer, Terminated, stop_on_signals
-
     from ..io import probe_writable
 
     directory = Path(args.directory)

@@ -111,7 +111,8 @@ def register(subparsers) -> None:
         "worker", help="process scans published over 0MQ",
         description="Subscribes to a labdct-live 0MQ proxy (msgpack, never pickle) and "
                     "processes every run into the catalog. Start it before the scan.")
-    p.add_argument("--zmq", default=DEFAULT_OUT, help=f"proxy output HOST:PORT (default {DEFAULT_OUT})")
+    p.add_argument("--zmq", default=DEFAULT_OUT,
+                   help=f"proxy output HOST:PORT (default {DEFAULT_OUT})")
     p.add_argument("--catalog", required=True, help="tiled server URI")
     p.add_argument("--api-key", default=None, help="API key (default: $TILED_API_KEY)")
     p.add_argument("--method", choices=["auto", "dl", "routine"], default="auto")
@@ -126,8 +127,10 @@ def register(subparsers) -> None:
         "proxy", help="forward documents from publishers to workers (localhost by default)",
         description="Binds an input for publishers and an output for workers. Binding a "
                     "non-loopback address needs --curve-dir (or --insecure).")
-    p.add_argument("--input", default=DEFAULT_IN, help=f"publishers connect here (default {DEFAULT_IN})")
-    p.add_argument("--output", default=DEFAULT_OUT, help=f"workers subscribe here (default {DEFAULT_OUT})")
+    p.add_argument("--input", default=DEFAULT_IN,
+                   help=f"publishers connect here (default {DEFAULT_IN})")
+    p.add_argument("--output", default=DEFAULT_OUT,
+                   help=f"workers subscribe here (default {DEFAULT_OUT})")
     p.add_argument("--curve-dir", default=None,
                    help=f"{curve_help}; holds server.key_secret and clients/")
     p.add_argument("--insecure", action="store_true",

@@ -111,7 +111,7 @@ class _Prefetcher:
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer
             self._put(exc)
 
-    def __iter__(self) -> "_Prefetcher":
+    def __iter__(self) -> _Prefetcher:
         return self
 
     def __next__(self):

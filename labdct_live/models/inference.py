@@ -338,7 +338,7 @@ class Denoiser:
 
 # One prepared Denoiser per (model, settings) for the functional API; weak keys so that a
 # model dropped by its owner is not kept alive here.
-_CACHE: "weakref.WeakKeyDictionary[nn.Module, dict[tuple, Denoiser]]" = weakref.WeakKeyDictionary()
+_CACHE: weakref.WeakKeyDictionary[nn.Module, dict[tuple, Denoiser]] = weakref.WeakKeyDictionary()
 _PRETRAINED: dict[str, nn.Module] = {}
 
 

@@ -156,7 +156,7 @@ class VGG16Features(nn.Module):
             raise ValueError(f"{path} is not a torchvision vgg16 state dict: {exc}") from exc
         logger.info("loaded ImageNet VGG16 loss-network weights from %s", path)
 
-    def train(self, mode: bool = True) -> "VGG16Features":
+    def train(self, mode: bool = True) -> VGG16Features:
         # The loss network stays in eval mode whatever its owner does.
         return super().train(False)
 

@@ -127,7 +127,7 @@ class TrainConfig:
             raise ValueError(f"threshold must be in [0, 1), got {self.threshold}")
 
     @classmethod
-    def from_dict(cls, values: dict) -> "TrainConfig":
+    def from_dict(cls, values: dict) -> TrainConfig:
         """Build from a dict, ignoring keys this version does not know."""
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})
