@@ -1,4 +1,4 @@
-"""Long-range background images ``I_BG`` for training pairs (physics.md §6, §6b).
+"""Long-range background images ``I_BG`` for training pairs (docs/physics.md §6, §6b).
 
 Two sources:
 
@@ -138,7 +138,7 @@ def _check_beamstop(beamstop, shape: tuple[int, int]) -> tuple[int, int, int, in
 
 # --------------------------------------------------------------------- procedural generator
 class ProceduralBackground:
-    """A random LabDCT-like background, reproducible from its seed (physics.md §6b).
+    """A random LabDCT-like background, reproducible from its seed (docs/physics.md §6b).
 
     All feature strengths, sizes and positions are drawn from ``seed`` when the object is
     made; :meth:`render` then evaluates any rows and columns of the frame. The image is

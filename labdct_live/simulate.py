@@ -1,4 +1,4 @@
-"""Forward simulation of LabDCT projections with per-spot ground truth (physics.md §1-§4).
+"""Forward simulation of LabDCT projections with per-spot ground truth (docs/physics.md §1-§4).
 
 For each projection the sample is rotated by ``omega`` and every sub-point of every grain is
 traced with the exact polychromatic Laue condition: the incident direction is the ray from the
