@@ -44,7 +44,7 @@ import pandas as pd
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
-from .grainmap import GrainMap, GrainMapError
+from labdct_live.grainmap import GrainMap, GrainMapError
 
 __all__ = [
     "CLASS_FALSE_NEGATIVE",

@@ -13,7 +13,7 @@ from itertools import product
 
 import numpy as np
 
-from .grainmap import ALUMINIUM, Phase
+from labdct_live.grainmap import ALUMINIUM, Phase
 
 __all__ = ["Material", "MATERIALS", "MaterialError", "Reflections", "atomic_form_factor",
            "get_material"]

@@ -39,11 +39,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
-from . import __version__
-from .backgrounds import ArrayBackground, ProceduralBackground, beam_center_pixel
-from .geometry import Geometry
-from .microstructure import SampleSpec
-from .synthesis import (
+from labdct_live import __version__
+from labdct_live.backgrounds import ArrayBackground, ProceduralBackground, beam_center_pixel
+from labdct_live.geometry import Geometry
+from labdct_live.microstructure import SampleSpec
+from labdct_live.synthesis import (
     SynthesisConfig,
     add_noise,
     draw_r_bg,
@@ -101,7 +101,7 @@ class Acquisition:
 def paper_acquisitions(samples: Sequence[str] = ("D18", "D35", "D64"), seed: int = 0
                        ) -> list[Acquisition]:
     """The presets ``samples`` at their own (the paper's) geometry, one sample seed each."""
-    from .presets import preset
+    from labdct_live.presets import preset
 
     seeds = np.random.SeedSequence([seed, 1]).generate_state(len(samples))
     return [Acquisition(name, *preset(name), int(s)) for name, s in zip(samples, seeds)]
@@ -109,7 +109,7 @@ def paper_acquisitions(samples: Sequence[str] = ("D18", "D35", "D64"), seed: int
 
 def varied_acquisitions(n: int, seed: int = 0, **options) -> list[Acquisition]:
     """``n`` random samples and geometries (:func:`labdct_live.synthesis.random_acquisition`)."""
-    from .synthesis import random_acquisition
+    from labdct_live.synthesis import random_acquisition
 
     out = []
     for k, s in enumerate(np.random.SeedSequence([seed, 2]).spawn(n)):
@@ -265,8 +265,8 @@ def build_projection_cache(
     """
     from tqdm.auto import tqdm
 
-    from .microstructure import make_sample
-    from .simulate import SimulationOptions, Simulator
+    from labdct_live.microstructure import make_sample
+    from labdct_live.simulate import SimulationOptions, Simulator
 
     if not acquisitions:
         raise DatasetError("acquisitions is empty: give at least one sample and geometry")

@@ -53,9 +53,9 @@ from ophyd import Device, Signal
 from ophyd.sim import SynAxis
 from ophyd.status import DeviceStatus
 
-from .backgrounds import background_for_geometry
-from .geometry import Geometry
-from .simulate import Projection, Simulator
+from labdct_live.backgrounds import background_for_geometry
+from labdct_live.geometry import Geometry
+from labdct_live.simulate import Projection, Simulator
 
 __all__ = [
     "HDF5_COMPLETE",

@@ -43,9 +43,15 @@ import numpy as np
 import tifffile
 from tqdm.auto import tqdm
 
-from . import __version__
-from .geometry import Geometry, GeometryError, tilt_matrix
-from .io import TIFF_SUFFIXES, AtomicOutputDir, FrameStack, check_frame, open_frame_folder
+from labdct_live import __version__
+from labdct_live.geometry import Geometry, GeometryError, tilt_matrix
+from labdct_live.io import (
+    TIFF_SUFFIXES,
+    AtomicOutputDir,
+    FrameStack,
+    check_frame,
+    open_frame_folder,
+)
 
 __all__ = [
     "FORMATS",
@@ -260,7 +266,7 @@ def metadata_from_scan(folder: str | os.PathLike) -> dict:
     Geometry and omegas come from its ``scan.json``, the sample from its description and
     seed, and the frame names from its ``frames/`` list.
     """
-    from .scanfiles import SimulatedScan  # imports the simulator: only when needed
+    from labdct_live.scanfiles import SimulatedScan  # imports the simulator: only when needed
 
     scan = SimulatedScan.open(folder)
     meta = scan.meta

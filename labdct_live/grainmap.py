@@ -641,7 +641,7 @@ def write_gm3d(
 
 
 def _package_version() -> str:
-    from . import __version__
+    from labdct_live import __version__
 
     return __version__
 

@@ -664,7 +664,7 @@ def write_output_marker(folder: str | os.PathLike, command: str | None = None) -
     Path
         The marker file.
     """
-    from . import __version__
+    from labdct_live import __version__
 
     run = _RUN.get()
     command = command or (run.command if run is not None else "python")

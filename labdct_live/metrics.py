@@ -36,8 +36,8 @@ from scipy.optimize import linear_sum_assignment
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from .segment import FOUR_CONNECTIVITY
-from .snr import spot_snr
+from labdct_live.segment import FOUR_CONNECTIVITY
+from labdct_live.snr import spot_snr
 
 __all__ = [
     "DEFAULT_SNR_BINS",

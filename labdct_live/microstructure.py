@@ -19,7 +19,7 @@ import pandas as pd
 from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 
-from .crystal import Material, get_material
+from labdct_live.crystal import Material, get_material
 
 __all__ = ["SampleSpec", "Sample", "SampleError", "make_sample", "hard_core_seeds",
            "cell_tree", "random_orientations", "single_crystal_sample"]

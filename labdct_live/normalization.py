@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .io import check_frame
+from labdct_live.io import check_frame
 
 __all__ = ["NORMALIZE_PERCENTILES", "NORMALIZE_SAMPLES", "normalization_stride",
            "normalization_stats", "normalize_frame"]

@@ -40,8 +40,8 @@ import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
 import numpy as np
 
-from . import __version__
-from .snr import exposure_for_snr
+from labdct_live import __version__
+from labdct_live.snr import exposure_for_snr
 
 __all__ = [
     "PlanError",

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from .geometry import PAPER_PIXEL_SIZE_MM, Geometry
-from .microstructure import SampleSpec
+from labdct_live.geometry import PAPER_PIXEL_SIZE_MM, Geometry
+from labdct_live.microstructure import SampleSpec
 
 __all__ = ["PAPER_SIZE_SPREAD", "PRESETS", "preset"]
 

@@ -39,10 +39,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from . import __version__
-from .catalog import CATALOG_ERRORS, describe_catalog_error
-from .names import check_key
-from .spot_schema import SPOT_COLUMNS, conform_spots
+from labdct_live import __version__
+from labdct_live.catalog import CATALOG_ERRORS, describe_catalog_error
+from labdct_live.names import check_key
+from labdct_live.spot_schema import SPOT_COLUMNS, conform_spots
 
 __all__ = ["FRAME_SCHEMA", "SPOT_SCHEMA", "ProcessedRunWriter", "frame_row",
            "frames_in_catalog"]

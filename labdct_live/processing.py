@@ -24,11 +24,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .io import FrameReadError
-from .io import check_frame as io_check_frame
-from .segment import RoutineParams, StandardRoutine, label_spots, spot_table
-from .snr import snr_summary, spot_snr
-from .spot_schema import conform_spots
+from labdct_live.io import FrameReadError
+from labdct_live.io import check_frame as io_check_frame
+from labdct_live.segment import RoutineParams, StandardRoutine, label_spots, spot_table
+from labdct_live.snr import snr_summary, spot_snr
+from labdct_live.spot_schema import conform_spots
 
 __all__ = ["ProcessedFrame", "ProcessingMethod", "DLMethod", "RoutineMethod", "make_method",
            "METHODS", "FrameError", "check_frame"]
@@ -125,14 +125,14 @@ class DLMethod(ProcessingMethod):
     def __init__(self, model=None, threshold: float | None = None,
                  min_size: int | None = None, exclude: np.ndarray | None = None,
                  **denoiser_options):
-        from .models.inference import DEFAULT_MIN_SIZE, Denoiser
+        from labdct_live.models.inference import DEFAULT_MIN_SIZE, Denoiser
 
         self.denoiser = Denoiser(model, **denoiser_options)
         self.threshold = float(self.denoiser.threshold if threshold is None else threshold)
         self.min_size = int(DEFAULT_MIN_SIZE if min_size is None else min_size)
         self.exclude = exclude
         if model is None:  # the shipped model: its file is the provenance
-            from .models import pretrained_path
+            from labdct_live.models import pretrained_path
 
             self._model_file = pretrained_path()
         else:

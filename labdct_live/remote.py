@@ -33,7 +33,7 @@ import zmq
 import zmq.auth
 from zmq.utils.monitor import recv_monitor_message
 
-from .wire import WireDecodeError, pack, unpack
+from labdct_live.wire import WireDecodeError, pack, unpack
 
 __all__ = ["CURVE_DIR_ENV", "DEFAULT_IN", "DEFAULT_OUT", "CurveClient", "CurveServer",
            "InsecureBindError", "Proxy", "Publisher", "RemoteDispatcher", "WireDecodeError",

@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .callbacks.live import LiveConfig, LiveProcessor
-from .names import safe_key
+from labdct_live.callbacks.live import LiveConfig, LiveProcessor
+from labdct_live.names import safe_key
 
 __all__ = ["replay_run", "agreement", "ReplayResult", "image_key_of", "resolve_run_uid",
            "RunNotFound"]

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .io import AtomicOutputDir
-from .metrics import Evaluation
-from .snr import snr_summary
+from labdct_live.io import AtomicOutputDir
+from labdct_live.metrics import Evaluation
+from labdct_live.snr import snr_summary
 
 __all__ = ["markdown_table", "summary_table", "write_report"]
 

@@ -39,12 +39,12 @@ import pandas as pd
 import tifffile
 from tqdm.auto import tqdm
 
-from . import __version__
-from .geometry import Geometry
-from .grainmap import GrainMap, write_gm3d
-from .io import AtomicOutputDir
-from .microstructure import Sample
-from .simulate import SimulationOptions, Simulator
+from labdct_live import __version__
+from labdct_live.geometry import Geometry
+from labdct_live.grainmap import GrainMap, write_gm3d
+from labdct_live.io import AtomicOutputDir
+from labdct_live.microstructure import Sample
+from labdct_live.simulate import SimulationOptions, Simulator
 
 __all__ = ["write_simulated_scan", "SimulatedScan", "grainmap_of", "frame_name", "FORMAT_NAME",
            "FORMAT_VERSION"]

@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 
-from .spot_schema import SPOT_TABLE_COLUMNS
+from labdct_live.spot_schema import SPOT_TABLE_COLUMNS
 
 __all__ = [
     "RoutineParams",

@@ -24,11 +24,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .callbacks.end_of_scan import EndOfScan
-from .callbacks.live import LiveConfig, LiveProcessor, live_router
-from .callbacks.monitor import ExposureMonitor
-from .callbacks.raw_writer import ResilientTiledWriter
-from .catalog import CatalogServer, connect
+from labdct_live.callbacks.end_of_scan import EndOfScan
+from labdct_live.callbacks.live import LiveConfig, LiveProcessor, live_router
+from labdct_live.callbacks.monitor import ExposureMonitor
+from labdct_live.callbacks.raw_writer import ResilientTiledWriter
+from labdct_live.catalog import CatalogServer, connect
 
 __all__ = ["LiveSession"]
 
@@ -141,10 +141,10 @@ class LiveSession:
 
         ``detector_shape`` smaller than the preset's bins the detector (same field of view).
         """
-        from .devices import LabDCTDetector, make_rotation_stage, scaled_geometry
-        from .microstructure import make_sample
-        from .presets import preset
-        from .simulate import Simulator
+        from labdct_live.devices import LabDCTDetector, make_rotation_stage, scaled_geometry
+        from labdct_live.microstructure import make_sample
+        from labdct_live.presets import preset
+        from labdct_live.simulate import Simulator
 
         spec, geometry = preset(sample)
         if detector_shape is not None and tuple(detector_shape) != geometry.detector_shape:

@@ -31,10 +31,10 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from . import _raytrace
-from .geometry import Geometry, rotation_matrix_z
-from .microstructure import Sample
-from .spectrum import HC_KEV_ANGSTROM, tube_spectrum
+from labdct_live import _raytrace
+from labdct_live.geometry import Geometry, rotation_matrix_z
+from labdct_live.microstructure import Sample
+from labdct_live.spectrum import HC_KEV_ANGSTROM, tube_spectrum
 
 __all__ = ["SimulationOptions", "Simulator", "Projection", "SPOT_COLUMNS"]
 

@@ -14,9 +14,9 @@ import logging
 import os
 from pathlib import Path
 
-from .names import check_key
-from .processed import ProcessedRunWriter
-from .wire import read_documents
+from labdct_live.names import check_key
+from labdct_live.processed import ProcessedRunWriter
+from labdct_live.wire import read_documents
 
 __all__ = ["import_spool", "import_raw_run"]
 

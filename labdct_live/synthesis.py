@@ -37,13 +37,13 @@ from typing import Any
 
 import numpy as np
 
-from .normalization import (
+from labdct_live.normalization import (
     NORMALIZE_PERCENTILES,
     normalization_stats,
     normalization_stride,
     normalize_frame,
 )
-from .segment import RoutineParams, segment_corrected
+from labdct_live.segment import RoutineParams, segment_corrected
 
 __all__ = [
     "SynthesisError",
@@ -499,8 +499,8 @@ def random_acquisition(
     """
     from dataclasses import replace
 
-    from .backgrounds import beam_center_pixel
-    from .presets import preset
+    from labdct_live.backgrounds import beam_center_pixel
+    from labdct_live.presets import preset
 
     rng = np.random.default_rng(seed)
     if not samples:

@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .metrics import detection_scores, match_spots
-from .segment import RoutineParams, log_response, threshold_response
+from labdct_live.metrics import detection_scores, match_spots
+from labdct_live.segment import RoutineParams, log_response, threshold_response
 
 __all__ = ["DEFAULT_GRID", "TuneResult", "tune_routine", "score_params"]
 

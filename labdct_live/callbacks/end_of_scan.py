@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..names import check_key
+from labdct_live.names import check_key
 
 __all__ = ["EndOfScan", "export_inputs", "export_from_catalog"]
 
@@ -51,7 +51,7 @@ def export_inputs(node, start_doc: dict) -> tuple:
 def export_from_catalog(client, node_key: str, fmt: str, out, start_doc: dict | None = None,
                         **options) -> Path:
     """Export ``processed/<node_key>`` in ``fmt`` (grainrecon, gm3d, nexus) to ``out``."""
-    from ..export import export_scan
+    from labdct_live.export import export_scan
 
     node = client["processed"][check_key(node_key, "processed node key")]
     if start_doc is None:
@@ -114,8 +114,8 @@ class EndOfScan:
                        f"--out {self.out_dir / node_key / 'comparison'}")
             logger.info(message)
             return message
-        from ..compare import compare_grainmaps, write_report
-        from ..grainmap import read_grainmap
+        from labdct_live.compare import compare_grainmaps, write_report
+        from labdct_live.grainmap import read_grainmap
 
         comparison = compare_grainmaps(read_grainmap(self.reference), read_grainmap(recon),
                                        threshold_deg=self.misorientation, label=node_key)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .readers import FrameRef, frame_ref_from_dict
+from labdct_live.callbacks.readers import FrameRef, frame_ref_from_dict
 
 __all__ = ["FrameItem", "Inbox", "END"]
 

@@ -38,14 +38,20 @@ from pathlib import Path
 import numpy as np
 from event_model import DocumentRouter
 
-from ..catalog import describe_catalog_error
-from ..geometry import Geometry
-from ..names import safe_key
-from ..processed import ProcessedRunWriter, frame_row, frames_in_catalog
-from ..processing import FrameError, ProcessedFrame, check_frame, make_method
-from .inbox import END, FrameItem, Inbox
-from .readers import CallableFrameRef, CatalogRunFrames, ErrorFrameRef, FrameRef, HDF5FrameRef
-from .router import LiveRouter
+from labdct_live.callbacks.inbox import END, FrameItem, Inbox
+from labdct_live.callbacks.readers import (
+    CallableFrameRef,
+    CatalogRunFrames,
+    ErrorFrameRef,
+    FrameRef,
+    HDF5FrameRef,
+)
+from labdct_live.callbacks.router import LiveRouter
+from labdct_live.catalog import describe_catalog_error
+from labdct_live.geometry import Geometry
+from labdct_live.names import safe_key
+from labdct_live.processed import ProcessedRunWriter, frame_row, frames_in_catalog
+from labdct_live.processing import FrameError, ProcessedFrame, check_frame, make_method
 
 __all__ = ["LiveConfig", "LiveProcessor", "live_router", "FrameListener"]
 

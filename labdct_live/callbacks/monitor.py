@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 from event_model import DocumentRouter
 
-from ..names import safe_key
-from ..snr import exposure_for_snr
+from labdct_live.names import safe_key
+from labdct_live.snr import exposure_for_snr
 
 __all__ = ["ExposureMonitor"]
 

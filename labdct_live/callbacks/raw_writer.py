@@ -29,9 +29,9 @@ from pathlib import Path
 
 import httpx
 
-from ..catalog import is_transient_error
-from ..names import safe_key
-from ..wire import append_document
+from labdct_live.catalog import is_transient_error
+from labdct_live.names import safe_key
+from labdct_live.wire import append_document
 
 __all__ = ["ResilientTiledWriter"]
 

@@ -14,7 +14,7 @@ import logging
 import pkgutil
 import sys
 
-from .. import __version__
+from labdct_live import __version__
 
 __all__ = ["CLIError", "build_parser", "main"]
 
@@ -67,7 +67,7 @@ def _user_error(exc: BaseException, run=None) -> tuple[str, int] | None:
     Errors of modules not yet imported cannot have been raised, so optional modules (the
     catalog's httpx and tiled) are only consulted when loaded: ``--help`` stays fast.
     """
-    from ..io import describe_os_error
+    from labdct_live.io import describe_os_error
 
     catalog = sys.modules.get("labdct_live.catalog")
     if catalog is not None and isinstance(exc, catalog.CatalogUnavailable):
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    from ..io import CommandRun, command_context
+    from labdct_live.io import CommandRun, command_context
 
     run = CommandRun(args.command)
     try:

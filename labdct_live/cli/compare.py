@@ -75,9 +75,9 @@ def _grain_list(text: str | None) -> list[int] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..compare import compare_grainmaps, delta_gb_ratio, write_report
-    from ..grainmap import read_grainmap
-    from ..io import AtomicOutputDir, require_hdf5
+    from labdct_live.compare import compare_grainmaps, delta_gb_ratio, write_report
+    from labdct_live.grainmap import read_grainmap
+    from labdct_live.io import AtomicOutputDir, require_hdf5
 
     paths = [args.reconstruction] + ([args.second] if args.second else [])
     labels = list(args.labels or [])

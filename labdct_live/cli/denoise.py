@@ -15,9 +15,14 @@ def run(args: argparse.Namespace) -> int:
     import tifffile
     from tqdm.auto import tqdm
 
-    from .. import __version__
-    from ..io import AtomicOutputDir, open_frame_folder, tiff_layout_tags, write_tiff_atomic
-    from ..models import Denoiser
+    from labdct_live import __version__
+    from labdct_live.io import (
+        AtomicOutputDir,
+        open_frame_folder,
+        tiff_layout_tags,
+        write_tiff_atomic,
+    )
+    from labdct_live.models import Denoiser
 
     input_dir, out = Path(args.input_dir), Path(args.output_dir)
     # Checked before any work: OUTPUT_DIR must not be, hold or lie in an input.

@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import CLIError
+from labdct_live.cli import CLIError
 
 if TYPE_CHECKING:
-    from ..io import FrameStack
-    from ..segment import FrameResult
+    from labdct_live.io import FrameStack
+    from labdct_live.segment import FrameResult
 
 ORDER = 30
 
@@ -55,7 +55,7 @@ def register_method(name: str, help: str):
 
 @register_method("routine", "the standard routine (rolling median, LoG, per-spot threshold)")
 def _build_routine(args: argparse.Namespace, exclude: np.ndarray | None):
-    from ..segment import RoutineParams, iter_standard_routine
+    from labdct_live.segment import RoutineParams, iter_standard_routine
 
     params = RoutineParams.preset(args.preset)
     if args.params:
@@ -95,8 +95,8 @@ def _check_threshold(threshold: float | None) -> None:
 
 def _model_identity(model: str | None, denoiser) -> tuple[str, str]:
     """``(name, sha256 of the weight file)`` of the model ``segment --method dl`` runs."""
-    from ..models import DEFAULT_MODEL, pretrained_path
-    from ..models.checkpoint import file_sha256
+    from labdct_live.models import DEFAULT_MODEL, pretrained_path
+    from labdct_live.models.checkpoint import file_sha256
 
     path = Path(model) if model else pretrained_path(DEFAULT_MODEL)
     sha256 = denoiser.metadata.get("sha256") or file_sha256(path)
@@ -108,8 +108,8 @@ def _model_identity(model: str | None, denoiser) -> tuple[str, str]:
 
 @register_method("dl", "U-Net denoising, then one threshold (needs the trained U-Net)")
 def _build_dl(args: argparse.Namespace, exclude: np.ndarray | None):
-    from ..models.inference import DEFAULT_MIN_SIZE, Denoiser
-    from ..segment import FrameResult, label_spots, spot_table
+    from labdct_live.models.inference import DEFAULT_MIN_SIZE, Denoiser
+    from labdct_live.segment import FrameResult, label_spots, spot_table
 
     _check_threshold(args.threshold)
     try:
@@ -135,7 +135,7 @@ def _build_dl(args: argparse.Namespace, exclude: np.ndarray | None):
 def _resolve_input(input_dir: Path) -> tuple[Path, np.ndarray | None, str]:
     """Frame folder and beam-stop mask; a simulated scan folder brings its own beam stop."""
     if (input_dir / "scan.json").is_file() and (input_dir / "frames").is_dir():
-        from ..scanfiles import SimulatedScan
+        from labdct_live.scanfiles import SimulatedScan
 
         geometry = SimulatedScan.open(input_dir).geometry
         return input_dir / "frames", geometry.beamstop_mask(), "scan.json"
@@ -189,8 +189,8 @@ def _spot_rows(result: FrameResult, frame: np.ndarray, exclude: np.ndarray | Non
                name: str):
     """The frame's rows of ``spots.csv``: the spot table with the SNR on the raw frame, as the
     live processor writes it to the catalog, and the frame's file name after ``frame``."""
-    from ..snr import spot_snr
-    from ..spot_schema import conform_spots
+    from labdct_live.snr import spot_snr
+    from labdct_live.spot_schema import conform_spots
 
     snr = spot_snr(frame, result.labels, exclude=exclude)[["label", "snr", "visible"]]
     spots = conform_spots(result.spots.merge(snr, on="label", how="left"), frame=result.index)
@@ -203,8 +203,8 @@ def run(args: argparse.Namespace) -> int:
     import tifffile
     from tqdm.auto import tqdm
 
-    from .. import __version__
-    from ..io import AtomicOutputDir, open_frame_folder, tiff_layout_tags, write_mask_tiff
+    from labdct_live import __version__
+    from labdct_live.io import AtomicOutputDir, open_frame_folder, tiff_layout_tags, write_mask_tiff
 
     input_dir, exclude, beamstop_source = _resolve_input(Path(args.input_dir))
     out = Path(args.output_dir)

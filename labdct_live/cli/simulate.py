@@ -32,8 +32,8 @@ def add_simulation_arguments(p: argparse.ArgumentParser) -> None:
 
 def build_acquisition(args: argparse.Namespace):
     """(Sample, Geometry) from the command-line options."""
-    from ..microstructure import make_sample
-    from ..presets import preset
+    from labdct_live.microstructure import make_sample
+    from labdct_live.presets import preset
 
     spread = getattr(args, "size_spread", None)
     if spread not in (None, "paper"):
@@ -77,9 +77,9 @@ def estimate_scan_bytes(sample, geometry) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..io import check_output_dir, require_free_space
-    from ..scanfiles import write_simulated_scan
-    from ..simulate import SimulationOptions
+    from labdct_live.io import check_output_dir, require_free_space
+    from labdct_live.scanfiles import write_simulated_scan
+    from labdct_live.simulate import SimulationOptions
 
     out = check_output_dir(args.out, overwrite=args.overwrite)  # before any work
     sample, geometry = build_acquisition(args)

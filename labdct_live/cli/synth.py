@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-from . import CLIError
+from labdct_live.cli import CLIError
 
 ORDER = 40
 
@@ -76,8 +76,8 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..io import open_frame_folder, work_folder
-    from ..presets import PRESETS
+    from labdct_live.io import open_frame_folder, work_folder
+    from labdct_live.presets import PRESETS
 
     for name in args.samples:
         if name not in PRESETS:
@@ -100,8 +100,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _synthesise(args: argparse.Namespace, out: Path, pairs_file: Path, stack) -> int:
-    from ..backgrounds import extract_backgrounds
-    from ..datasets import (
+    from labdct_live.backgrounds import extract_backgrounds
+    from labdct_live.datasets import (
         CropSettings,
         ProjectionCache,
         build_projection_cache,
@@ -109,8 +109,8 @@ def _synthesise(args: argparse.Namespace, out: Path, pairs_file: Path, stack) ->
         varied_acquisitions,
         write_pair_dataset,
     )
-    from ..io import atomic_file
-    from ..synthesis import SynthesisConfig
+    from labdct_live.io import atomic_file
+    from labdct_live.synthesis import SynthesisConfig
 
     synth_options = {"i0": args.i0, "tau": args.tau, "target": args.target}
     if args.snr is not None:

@@ -15,7 +15,7 @@ import json
 import logging
 from pathlib import Path
 
-from . import CLIError
+from labdct_live.cli import CLIError
 
 ORDER = 40
 
@@ -69,7 +69,7 @@ def _settings(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..io import work_folder
+    from labdct_live.io import work_folder
 
     s = _settings(args)
     # The run folder is resumable, so written in place; checked before the data is read.
@@ -81,9 +81,9 @@ def run(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace, s: dict) -> int:
     import torch
 
-    from ..models import get_model, load_resnet34_weights
-    from ..models.data import fixed_dataset_batches, on_the_fly_batches
-    from ..models.train import TrainConfig, train
+    from labdct_live.models import get_model, load_resnet34_weights
+    from labdct_live.models.data import fixed_dataset_batches, on_the_fly_batches
+    from labdct_live.models.train import TrainConfig, train
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -99,7 +99,7 @@ def _train(args: argparse.Namespace, s: dict) -> int:
         if not s["cache"]:
             raise CLIError("--data on-the-fly needs --cache DIR, a projection cache "
                            "(labdct_live.datasets.build_projection_cache)")
-        from ..synthesis import SynthesisConfig
+        from labdct_live.synthesis import SynthesisConfig
 
         synthesis = SynthesisConfig(target=s["target"], **(
             {"median_snr_range": tuple(s["snr"])} if s["snr"] else {}))
@@ -108,7 +108,7 @@ def _train(args: argparse.Namespace, s: dict) -> int:
             val_batches=s["val_batches"], validation_fraction=s["validation_fraction"],
             chunk_steps=s["val_every"], seed=s["seed"], synthesis=synthesis)
     else:
-        from ..io import require_hdf5
+        from labdct_live.io import require_hdf5
 
         path = Path(s["data"])
         if not path.is_file():

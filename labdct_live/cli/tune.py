@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from . import CLIError
+from labdct_live.cli import CLIError
 
 ORDER = 32
 
@@ -28,11 +28,11 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     from tqdm.auto import tqdm
 
-    from .. import __version__
-    from ..io import atomic_file, make_parent_folder, open_frame_folder, probe_writable
-    from ..scanfiles import SimulatedScan
-    from ..segment import RollingMedianSubtractor
-    from ..tune import tune_routine
+    from labdct_live import __version__
+    from labdct_live.io import atomic_file, make_parent_folder, open_frame_folder, probe_writable
+    from labdct_live.scanfiles import SimulatedScan
+    from labdct_live.segment import RollingMedianSubtractor
+    from labdct_live.tune import tune_routine
 
     out = Path(args.out)
     trials_csv = out.with_suffix(".trials.csv")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from torch import nn
 
-from .checkpoint import (
+from labdct_live.models.checkpoint import (
     CheckpointError,
     export_checkpoint,
     load_checkpoint,
@@ -21,10 +21,10 @@ from .checkpoint import (
     model_from_checkpoint,
     save_checkpoint,
 )
-from .inference import Denoiser, denoise, segment_dl
-from .losses import get_loss
-from .registry import DEFAULT_MODEL, get_model, list_models, register_model
-from .resnet_unet import load_resnet34_weights
+from labdct_live.models.inference import Denoiser, denoise, segment_dl
+from labdct_live.models.losses import get_loss
+from labdct_live.models.registry import DEFAULT_MODEL, get_model, list_models, register_model
+from labdct_live.models.resnet_unet import load_resnet34_weights
 
 __all__ = [
     "DEFAULT_MODEL",

@@ -34,8 +34,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import __version__
-from .registry import get_model, list_models
+from labdct_live import __version__
+from labdct_live.models.registry import get_model, list_models
 
 __all__ = [
     "CHECKPOINT_FORMAT",

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .layers import (
+from labdct_live.models.layers import (
     ConvBnRelu,
     PixelShuffleICNR,
     SeparableConvBnRelu,

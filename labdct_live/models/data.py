@@ -173,8 +173,13 @@ def on_the_fly_batches(
     recipe : dict
         The data recipe for checkpoints.
     """
-    from ..datasets import CropSettings, ProjectionCache, generate_crops, split_projections
-    from ..synthesis import SynthesisConfig
+    from labdct_live.datasets import (
+        CropSettings,
+        ProjectionCache,
+        generate_crops,
+        split_projections,
+    )
+    from labdct_live.synthesis import SynthesisConfig
 
     cache = ProjectionCache(cache)
     config = synthesis or SynthesisConfig()
@@ -231,7 +236,7 @@ def fixed_dataset_batches(
     train, validation, recipe
         As :func:`on_the_fly_batches`.
     """
-    from ..datasets import PairDataset
+    from labdct_live.datasets import PairDataset
 
     train_set = PairDataset(path, "train")
     val_set = PairDataset(path, "validation")

@@ -37,8 +37,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..normalization import normalize_frame
-from ..segment import threshold_segment
+from labdct_live.normalization import normalize_frame
+from labdct_live.segment import threshold_segment
 
 __all__ = [
     "DEFAULT_MIN_SIZE",
@@ -175,11 +175,11 @@ class Denoiser:
         normalize: Callable[[np.ndarray], np.ndarray] | bool = True,
     ):
         if model is None:
-            from . import load_pretrained
+            from labdct_live.models import load_pretrained
 
             model = load_pretrained()
         elif not isinstance(model, nn.Module):
-            from .checkpoint import load_model
+            from labdct_live.models.checkpoint import load_model
 
             model = load_model(model)
         if precision not in _PRECISIONS:
@@ -345,7 +345,7 @@ _PRETRAINED: dict[str, nn.Module] = {}
 def _denoiser(model: nn.Module | str | None, settings: dict[str, Any]) -> Denoiser:
     if model is None:
         if "default" not in _PRETRAINED:
-            from . import load_pretrained
+            from labdct_live.models import load_pretrained
 
             _PRETRAINED["default"] = load_pretrained()
         model = _PRETRAINED["default"]

@@ -12,8 +12,8 @@ from typing import Any
 
 from torch import nn
 
-from .compact import CompactUNet
-from .resnet_unet import ResNet34UNet
+from labdct_live.models.compact import CompactUNet
+from labdct_live.models.resnet_unet import ResNet34UNet
 
 __all__ = ["DEFAULT_MODEL", "ModelSpec", "get_model", "list_models", "register_model"]
 

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import ConvBnRelu, PixelShuffleICNR, check_input_size, init_conv_
+from labdct_live.models.layers import ConvBnRelu, PixelShuffleICNR, check_input_size, init_conv_
 
 # The input-size check stays a call in torch.fx graphs (BN folding traces the model).
 torch.fx.wrap("check_input_size")

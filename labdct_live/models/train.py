@@ -40,10 +40,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import load_checkpoint, save_checkpoint
-from .inference import resolve_device
-from .losses import get_loss
-from .registry import DEFAULT_MODEL
+from labdct_live.models.checkpoint import load_checkpoint, save_checkpoint
+from labdct_live.models.inference import resolve_device
+from labdct_live.models.losses import get_loss
+from labdct_live.models.registry import DEFAULT_MODEL
 
 __all__ = ["TrainConfig", "learning_rate", "train", "validate"]
 
