@@ -13,8 +13,8 @@ import pytest
 collect_ignore = ["labdct_live/__main__.py"]
 
 #: Doctests whose examples use a small simulated instrument, as made in the example of
-#: ``labdct_live.devices.LabDCTDetector``: ``RE``, ``det`` and ``rotation``.
-INSTRUMENT_DOCTESTS = ("labdct_live.plans.",)
+#: ``labdct_live.acquisition.detector.LabDCTDetector``: ``RE``, ``det`` and ``rotation``.
+INSTRUMENT_DOCTESTS = ("labdct_live.acquisition.plans.",)
 
 
 @pytest.fixture(autouse=True)
@@ -25,10 +25,14 @@ def _doctest_instrument(request, doctest_namespace):
         return
     from bluesky import RunEngine
 
-    from labdct_live.devices import LabDCTDetector, make_rotation_stage, scaled_geometry
-    from labdct_live.microstructure import make_sample
-    from labdct_live.presets import preset
-    from labdct_live.simulate import Simulator
+    from labdct_live.acquisition.detector import (
+        LabDCTDetector,
+        make_rotation_stage,
+        scaled_geometry,
+    )
+    from labdct_live.simulation.forward import Simulator
+    from labdct_live.simulation.microstructure import make_sample
+    from labdct_live.simulation.presets import preset
 
     spec, geometry = preset("D18")
     sim = Simulator(make_sample(spec, seed=1), scaled_geometry(geometry, (128, 128)))

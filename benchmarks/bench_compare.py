@@ -26,8 +26,8 @@ from scipy.spatial.transform import Rotation
 CHILD = r"""
 import json, sys, time
 t0 = time.perf_counter()
-from labdct_live.grainmap import read_gm3d
-from labdct_live.compare import compare_grainmaps, write_report
+from labdct_live.grains import read_gm3d
+from labdct_live.grains.compare import compare_grainmaps, write_report
 ref = read_gm3d(sys.argv[1]); rec = read_gm3d(sys.argv[2])
 t1 = time.perf_counter()
 comp = compare_grainmaps(ref, rec)
@@ -96,7 +96,8 @@ def main() -> None:
     parser.add_argument("--grains", type=int, default=500)
     args = parser.parse_args()
 
-    from labdct_live.grainmap import GrainMap, write_gm3d
+    from labdct_live.grains.formats.gm3d import write_gm3d
+    from labdct_live.grains.grainmap import GrainMap
 
     t0 = time.perf_counter()
     ids = voronoi_cylinder(args.size, args.grains, seed=1)

@@ -56,7 +56,7 @@ def best_time(fn, repeat: int) -> float:
 
 
 def padded_input(frame: np.ndarray, stride: int) -> np.ndarray:
-    from labdct_live.synthesis import normalize_frame
+    from labdct_live.training.synthesis import normalize_frame
 
     height, width = frame.shape
     pad_h, pad_w = (-height) % stride, (-width) % stride

@@ -24,10 +24,10 @@ import time
 import numpy as np
 from bluesky import RunEngine
 
+from labdct_live.acquisition.plans import labdct_scan
 from labdct_live.callbacks.live import LiveConfig, live_router
 from labdct_live.callbacks.raw_writer import ResilientTiledWriter
-from labdct_live.plans import labdct_scan
-from labdct_live.session import LiveSession
+from labdct_live.live.session import LiveSession
 
 
 def main() -> None:

@@ -18,11 +18,15 @@ import numpy as np
 
 
 def noisy_frames(size: int, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    from labdct_live.backgrounds import background_for_geometry
-    from labdct_live.microstructure import make_sample
-    from labdct_live.presets import preset
-    from labdct_live.simulate import Simulator
-    from labdct_live.synthesis import scale_for_median_snr, spot_statistics, synthesize_input
+    from labdct_live.simulation.background import background_for_geometry
+    from labdct_live.simulation.forward import Simulator
+    from labdct_live.simulation.microstructure import make_sample
+    from labdct_live.simulation.presets import preset
+    from labdct_live.training.synthesis import (
+        scale_for_median_snr,
+        spot_statistics,
+        synthesize_input,
+    )
 
     spec, geometry = preset("D35")
     if size != geometry.detector_shape[0]:
@@ -64,15 +68,15 @@ def main() -> None:
 
     import numba
 
-    from labdct_live.segment import (
-        RollingMedianSubtractor,
+    from labdct_live.segmentation.rolling_median import RollingMedianSubtractor
+    from labdct_live.segmentation.routine import (
         RoutineParams,
         log_response,
         segment_corrected,
-        spot_table,
         threshold_response,
     )
-    from labdct_live.snr import spot_snr
+    from labdct_live.segmentation.snr import spot_snr
+    from labdct_live.segmentation.spots import spot_table
 
     print(f"cores: {os.cpu_count()}, numba threads: {numba.get_num_threads()}")
     t0 = time.perf_counter()

@@ -17,9 +17,9 @@ import time
 import numpy as np
 from scipy import ndimage
 
-from labdct_live.microstructure import make_sample
-from labdct_live.presets import preset
-from labdct_live.simulate import _COUNTS_PER_UNIT, Simulator
+from labdct_live.simulation.forward import _COUNTS_PER_UNIT, Simulator
+from labdct_live.simulation.microstructure import make_sample
+from labdct_live.simulation.presets import preset
 
 HC = 12.398419843
 

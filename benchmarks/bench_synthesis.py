@@ -5,7 +5,7 @@
 On the paper's 2032² detector with a simulated D35 projection: the procedural background
 (whole frame and one 256² window), the Appendix A spot removal of one frame, one full-frame
 pair (Eq. 1-2 noise, LoG target), ``normalize_frame``, and the on-the-fly crop stream
-(:func:`labdct_live.datasets.generate_crops`, including projection loads and LoG targets
+(:func:`labdct_live.training.crops.generate_crops`, including projection loads and LoG targets
 amortised over its projection pool). Medians of ``--repeat`` runs; wall time on this
 machine, so compare figures as ratios within one run.
 """
@@ -35,14 +35,12 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
 
-    from labdct_live.backgrounds import ProceduralBackground, remove_spots
-    from labdct_live.datasets import (
-        CropSettings,
-        build_projection_cache,
-        generate_crops,
-        paper_acquisitions,
-    )
-    from labdct_live.synthesis import make_pair, normalize_frame
+    from labdct_live.simulation.background import ProceduralBackground
+    from labdct_live.training.acquisitions import paper_acquisitions
+    from labdct_live.training.backgrounds import remove_spots
+    from labdct_live.training.cache import build_projection_cache
+    from labdct_live.training.crops import CropSettings, generate_crops
+    from labdct_live.training.synthesis import make_pair, normalize_frame
 
     with tempfile.TemporaryDirectory() as tmp:
         cache = build_projection_cache(tmp, paper_acquisitions(("D35",)), 4, progress=False)

@@ -4,7 +4,7 @@
 
 Starts a throw-away PostgreSQL cluster (``initdb``/``pg_ctl`` on PATH; run as root, it runs
 them as the ``postgres`` user), a plain ``tiled serve config`` whose catalog and table storage
-are two databases of it, then a :class:`~labdct_live.session.LiveSession` pointed at that
+are two databases of it, then a :class:`~labdct_live.live.session.LiveSession` pointed at that
 server by URI and API key, as a beamline would. Prints what reached the catalog and the
 timings, and exits non-zero when a frame is missing. Not part of CI: it needs a PostgreSQL
 server binary.
@@ -25,9 +25,9 @@ from pathlib import Path
 
 import httpx
 
-from labdct_live.catalog import tiled_config_yaml
-from labdct_live.plans import labdct_scan
-from labdct_live.session import LiveSession
+from labdct_live.acquisition.plans import labdct_scan
+from labdct_live.catalog.server import tiled_config_yaml
+from labdct_live.live.session import LiveSession
 
 
 def _free_port() -> int:

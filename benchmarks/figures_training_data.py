@@ -32,11 +32,12 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from labdct_live.backgrounds import background_for_geometry, extract_backgrounds, spot_mask
-    from labdct_live.microstructure import make_sample
-    from labdct_live.presets import preset
-    from labdct_live.simulate import Simulator
-    from labdct_live.synthesis import SynthesisConfig, make_pair, random_acquisition
+    from labdct_live.simulation.background import background_for_geometry
+    from labdct_live.simulation.forward import Simulator
+    from labdct_live.simulation.microstructure import make_sample
+    from labdct_live.simulation.presets import preset
+    from labdct_live.training.backgrounds import extract_backgrounds, spot_mask
+    from labdct_live.training.synthesis import SynthesisConfig, make_pair, random_acquisition
 
     spec, geometry = preset("D35")
 

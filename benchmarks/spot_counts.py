@@ -21,9 +21,9 @@ import argparse
 
 import numpy as np
 
-from labdct_live.microstructure import make_sample
-from labdct_live.presets import preset
-from labdct_live.simulate import Simulator
+from labdct_live.simulation.forward import Simulator
+from labdct_live.simulation.microstructure import make_sample
+from labdct_live.simulation.presets import preset
 
 PAPER = {"D18": (391, 18), "D35": (717, 22), "D64": (1028, 26)}
 

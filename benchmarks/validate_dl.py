@@ -33,17 +33,14 @@ from tqdm.auto import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from validate_routine import d35_geometry, evenly_spaced, noisy_scan  # noqa: E402
 
-from labdct_live.metrics import DEFAULT_SNR_BINS, evaluate_frames  # noqa: E402
 from labdct_live.models.inference import Denoiser  # noqa: E402
-from labdct_live.presets import preset  # noqa: E402
-from labdct_live.report import markdown_table, summary_table, write_report  # noqa: E402
-from labdct_live.segment import (  # noqa: E402
-    RollingMedianSubtractor,
-    RoutineParams,
-    label_spots,
-    segment_corrected,
-    threshold_segment,
-)
+from labdct_live.segmentation.metrics import DEFAULT_SNR_BINS, evaluate_frames
+from labdct_live.segmentation.report import markdown_table, summary_table, write_report
+from labdct_live.segmentation.rolling_median import RollingMedianSubtractor
+from labdct_live.segmentation.routine import RoutineParams, segment_corrected
+from labdct_live.segmentation.spots import label_spots
+from labdct_live.segmentation.threshold import threshold_segment
+from labdct_live.simulation.presets import preset
 
 #: The tuned parameters measured by validate_routine.py (docs/validation.md), used when no
 #: --tuned file is given.

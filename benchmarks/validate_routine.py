@@ -3,7 +3,7 @@
     python benchmarks/validate_routine.py --out out/validate_routine
 
 1. Tuning scan: D35 sample seed 1, 181 projections over 360° on the paper's 2032² detector,
-   turned into noisy inputs by Eq. 1-2 (labdct_live.synthesis): one procedural background
+   turned into noisy inputs by Eq. 1-2 (labdct_live.training.synthesis): one procedural background
    and one exposure for the whole scan (R_BG = I0 = 110, tau = 1, spot intensities scaled so
    that the median predicted spot SNR of the first frame is ``--median-snr``), independent
    noise in every frame. The rolling median runs over the whole scan; the four parameters
@@ -30,15 +30,16 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from labdct_live.backgrounds import background_for_geometry
-from labdct_live.metrics import DEFAULT_SNR_BINS, evaluate_frames
-from labdct_live.microstructure import make_sample
-from labdct_live.presets import preset
-from labdct_live.report import markdown_table, summary_table, write_report
-from labdct_live.segment import RollingMedianSubtractor, RoutineParams, segment_corrected
-from labdct_live.simulate import Simulator
-from labdct_live.synthesis import scale_for_median_snr, spot_statistics, synthesize_input
-from labdct_live.tune import tune_routine
+from labdct_live.segmentation.metrics import DEFAULT_SNR_BINS, evaluate_frames
+from labdct_live.segmentation.report import markdown_table, summary_table, write_report
+from labdct_live.segmentation.rolling_median import RollingMedianSubtractor
+from labdct_live.segmentation.routine import RoutineParams, segment_corrected
+from labdct_live.segmentation.tune import tune_routine
+from labdct_live.simulation.background import background_for_geometry
+from labdct_live.simulation.forward import Simulator
+from labdct_live.simulation.microstructure import make_sample
+from labdct_live.simulation.presets import preset
+from labdct_live.training.synthesis import scale_for_median_snr, spot_statistics, synthesize_input
 
 I0 = 110.0
 

@@ -6,7 +6,8 @@
 Simulates (or reuses from ``--cache``) projections of D18, D35 and D64 at the paper's
 geometry plus ``--varied`` random acquisitions, makes ``--pairs`` full-frame pairs from each
 (procedural background, Eq. 1-2 noise, the default :class:`SynthesisConfig`), measures the
-SNR of every ground-truth spot with :func:`labdct_live.snr.spot_snr` (beam stop excluded)
+SNR of every ground-truth spot with :func:`labdct_live.segmentation.snr.spot_snr` (beam stop
+excluded)
 and prints the distribution overall and per acquisition; saves a histogram.
 """
 
@@ -32,15 +33,11 @@ def main() -> None:
     parser.add_argument("--png", type=Path, default=Path("docs/img/synthesis_snr_hist.png"))
     args = parser.parse_args()
 
-    from labdct_live.backgrounds import background_for_geometry
-    from labdct_live.datasets import (
-        ProjectionCache,
-        build_projection_cache,
-        paper_acquisitions,
-        varied_acquisitions,
-    )
-    from labdct_live.snr import spot_snr
-    from labdct_live.synthesis import SynthesisConfig, make_pair
+    from labdct_live.segmentation.snr import spot_snr
+    from labdct_live.simulation.background import background_for_geometry
+    from labdct_live.training.acquisitions import paper_acquisitions, varied_acquisitions
+    from labdct_live.training.cache import ProjectionCache, build_projection_cache
+    from labdct_live.training.synthesis import SynthesisConfig, make_pair
 
     t0 = time.perf_counter()
     if args.cache is not None and (args.cache / "index.json").exists():

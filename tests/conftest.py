@@ -11,10 +11,10 @@ import time
 
 import pytest
 
-from labdct_live.devices import scaled_geometry
-from labdct_live.geometry import Geometry
-from labdct_live.microstructure import SampleSpec, make_sample
-from labdct_live.simulate import Simulator
+from labdct_live.acquisition.detector import scaled_geometry
+from labdct_live.simulation.forward import Simulator
+from labdct_live.simulation.geometry import Geometry
+from labdct_live.simulation.microstructure import SampleSpec, make_sample
 
 #: Detector size of the fast instrument tests.
 SMALL_DETECTOR = (256, 256)

@@ -1,20 +1,18 @@
-"""Tests of labdct_live.backgrounds: procedural backgrounds and the Appendix A extractor."""
+"""Tests of labdct_live.training.backgrounds and simulation.background (procedural, Appendix A)."""
 
 import numpy as np
 import pytest
 
-from labdct_live.backgrounds import (
+from labdct_live.simulation.background import (
     ArrayBackground,
     BackgroundError,
     ProceduralBackground,
     background_for_geometry,
     beam_center_pixel,
-    extract_backgrounds,
     procedural_background,
-    remove_spots,
-    spot_mask,
 )
-from labdct_live.geometry import Geometry
+from labdct_live.simulation.geometry import Geometry
+from labdct_live.training.backgrounds import extract_backgrounds, remove_spots, spot_mask
 
 SHAPE = (400, 420)
 BOX = (120, 280, 130, 290)

@@ -10,9 +10,9 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from labdct_live.catalog import CatalogServer
-from labdct_live.processed import FRAME_SCHEMA, ProcessedRunWriter, frame_row
-from labdct_live.spot_schema import SPOT_TABLE_COLUMNS
+from labdct_live.catalog.processed import FRAME_SCHEMA, ProcessedRunWriter, frame_row
+from labdct_live.catalog.server import CatalogServer
+from labdct_live.segmentation.spot_schema import SPOT_TABLE_COLUMNS
 
 SHAPE = (32, 32)
 
@@ -105,7 +105,7 @@ def test_a_taken_port_moves_a_new_server_and_fails_a_given_one(tmp_path, monkeyp
     """Between choosing a free port and the server binding it, another process may take it."""
     import socket
 
-    import labdct_live.catalog as catalog
+    import labdct_live.catalog.server as catalog
 
     with socket.socket() as blocker:
         blocker.bind(("127.0.0.1", 0))

@@ -16,14 +16,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from labdct_live.catalog import (
-    CatalogServer,
-    CatalogUnavailable,
-    Terminated,
-    _free_port,
-    connect,
-    stop_on_signals,
-)
+from labdct_live.catalog.client import connect
+from labdct_live.catalog.errors import CatalogUnavailable
+from labdct_live.catalog.server import CatalogServer, Terminated, _free_port, stop_on_signals
 
 #: ``labdct-live`` in the interpreter running the tests.
 CLI = [sys.executable, "-c", "import sys; from labdct_live.cli import main; sys.exit(main())"]

@@ -26,8 +26,8 @@ import pytest
 import tifffile
 
 from labdct_live.cli import main
-from labdct_live.geometry import Geometry
-from labdct_live.io import OUTPUT_MARKER
+from labdct_live.io.output import OUTPUT_MARKER
+from labdct_live.simulation.geometry import Geometry
 
 N_FRAMES, SHAPE = 11, (64, 64)
 
@@ -392,7 +392,7 @@ def test_refused_api_key_is_told_apart(command, refusing_catalog, tmp_path, caps
 @pytest.fixture(scope="module")
 def catalog(tmp_path_factory):
     """A real embedded tiled catalog with three run-like nodes (two share a prefix)."""
-    from labdct_live.catalog import CatalogServer
+    from labdct_live.catalog.server import CatalogServer
 
     with CatalogServer(tmp_path_factory.mktemp("catalog")) as server:
         client = server.client()
@@ -404,7 +404,7 @@ def catalog(tmp_path_factory):
 
 
 def test_replay_resolves_a_unique_uid_prefix(catalog, capsys):
-    from labdct_live.replay import RunNotFound, resolve_run_uid
+    from labdct_live.live.replay import RunNotFound, resolve_run_uid
 
     client = catalog.client()
     assert resolve_run_uid(client, "0c1b") == "0c1b2a39-3333-4000-8000-000000000003"

@@ -1,4 +1,4 @@
-"""Tests of labdct_live.compare on synthetic Voronoi maps with known damage."""
+"""Tests of labdct_live.grains.compare on synthetic Voronoi maps with known damage."""
 
 from __future__ import annotations
 
@@ -8,22 +8,25 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 
-from labdct_live.compare import (
+from labdct_live.grains.compare.boundaries import deviation_map
+from labdct_live.grains.compare.comparison import compare_grainmaps, delta_gb_ratio
+from labdct_live.grains.compare.pairing import (
     CLASS_FALSE_NEGATIVE,
     CLASS_FALSE_POSITIVE,
     CLASS_ONE_TO_MULTI,
     CLASS_ONE_TO_ONE,
+)
+from labdct_live.grains.compare.registration import (
     EmptyGrainMapError,
     NonCubicPhaseError,
     Registration,
     VoxelSizeMismatchError,
-    compare_grainmaps,
-    delta_gb_ratio,
-    deviation_map,
     register,
-    write_report,
 )
-from labdct_live.grainmap import GrainMap, GrainMapError, Phase, write_gm3d
+from labdct_live.grains.compare.report import write_report
+from labdct_live.grains.formats.gm3d import write_gm3d
+from labdct_live.grains.grainmap import GrainMap
+from labdct_live.grains.phase import GrainMapError, Phase
 
 SPACING = 0.005  # mm
 
@@ -396,9 +399,9 @@ def test_write_report_single(tmp_path, damaged):
 
 def test_simulator_ground_truth_with_known_damage():
     """The simulator's own D18 ground truth, damaged: exact counts, δ_GB = 0 where untouched."""
-    presets = pytest.importorskip("labdct_live.presets")
-    microstructure = pytest.importorskip("labdct_live.microstructure")
-    scanfiles = pytest.importorskip("labdct_live.scanfiles")
+    presets = pytest.importorskip("labdct_live.simulation.presets")
+    microstructure = pytest.importorskip("labdct_live.simulation.microstructure")
+    scanfiles = pytest.importorskip("labdct_live.simulation.scanfolder")
     spec, _ = presets.preset("D18")
     truth = scanfiles.grainmap_of(microstructure.make_sample(spec, seed=4))
     ids = np.pad(truth.grain_ids, 4)  # room for the shift

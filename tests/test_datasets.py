@@ -1,4 +1,4 @@
-"""Tests of labdct_live.datasets: projection cache, crop stream, fixed HDF5 datasets."""
+"""Tests of labdct_live.training: projection cache, crop stream, fixed HDF5 datasets."""
 
 import json
 
@@ -7,22 +7,23 @@ import numpy as np
 import pytest
 import torch
 
-from labdct_live.datasets import (
-    Acquisition,
+from labdct_live.simulation.geometry import Geometry
+from labdct_live.training.acquisitions import Acquisition
+from labdct_live.training.cache import (
     CachedProjection,
-    CropSettings,
     DatasetError,
-    PairDataset,
     ProjectionCache,
-    SyntheticPairStream,
     build_projection_cache,
-    generate_crops,
-    split_projections,
-    write_pair_dataset,
     write_projection_cache,
 )
-from labdct_live.geometry import Geometry
-from labdct_live.synthesis import SynthesisConfig, normalization_stats, synthesize_input
+from labdct_live.training.crops import CropSettings, generate_crops
+from labdct_live.training.synthesis import SynthesisConfig, normalization_stats, synthesize_input
+from labdct_live.training.torchdata import (
+    PairDataset,
+    SyntheticPairStream,
+    split_projections,
+    write_pair_dataset,
+)
 
 SHAPE = (160, 176)
 GEOMETRY = Geometry(detector_shape=SHAPE, pixel_size=0.04, beamstop=(60, 100, 70, 110))
@@ -76,7 +77,7 @@ def test_cache_errors(tmp_path):
 
 
 def test_build_projection_cache_with_the_simulator(tmp_path):
-    from labdct_live.presets import preset
+    from labdct_live.simulation.presets import preset
 
     spec, g = preset("D18")
     small = g.with_(detector_shape=(128, 128), pixel_size=g.pixel_size * 16, n_projections=5,
@@ -139,7 +140,7 @@ def test_crops_match_a_full_frame_composition(cache):
     crops = CropSettings(size=40, augment=False, crops_per_frame=1)
     x, y, meta = next(generate_crops(cache, np.random.default_rng(2), config=config,
                                      crops=crops, background_seeds=[11]))
-    from labdct_live.backgrounds import ProceduralBackground, beam_center_pixel
+    from labdct_live.simulation.background import ProceduralBackground, beam_center_pixel
 
     p = cache[meta["projection"]]
     bg = ProceduralBackground(SHAPE, GEOMETRY.beamstop, 11,

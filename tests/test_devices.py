@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from event_model import DocumentNames, schema_validators
 
-from labdct_live.devices import (
+from labdct_live.acquisition.detector import (
     HDF5_COMPLETE,
     HDF5_DATASET,
     DetectorError,
@@ -16,8 +16,8 @@ from labdct_live.devices import (
     make_rotation_stage,
     scaled_geometry,
 )
-from labdct_live.geometry import Geometry
-from labdct_live.presets import preset
+from labdct_live.simulation.geometry import Geometry
+from labdct_live.simulation.presets import preset
 
 SHAPE = (256, 256)
 

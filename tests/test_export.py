@@ -12,18 +12,13 @@ import tifffile
 
 from labdct_live.cli import main
 from labdct_live.cli.export import FORMAT_NAMES
-from labdct_live.export import (
-    FORMATS,
-    ExportError,
-    ExportMetadata,
-    export_scan,
-    gm3d_frame_names,
-    metadata_from_scan,
-    open_mask_folder,
-    tilt_angles_zyx,
-)
-from labdct_live.geometry import Geometry, tilt_matrix
-from labdct_live.io import OUTPUT_MARKER
+from labdct_live.export.gm3d import gm3d_frame_names
+from labdct_live.export.grainrecon import tilt_angles_zyx
+from labdct_live.export.masks import open_mask_folder
+from labdct_live.export.metadata import ExportError, ExportMetadata, metadata_from_scan
+from labdct_live.export.registry import FORMATS, export_scan
+from labdct_live.io.output import OUTPUT_MARKER
+from labdct_live.simulation.geometry import Geometry, tilt_matrix
 
 N, ROWS, COLS = 5, 12, 10
 OMEGAS = [-6.0, -3.0, 0.0, 3.0, 6.0]
@@ -317,8 +312,8 @@ def test_cli_format_names_match_the_library():
 @pytest.fixture(scope="module")
 def simulated(tmp_path_factory):
     """A 3-projection scan of 8 grains on a 128² detector, and its truth-derived masks."""
-    from labdct_live.microstructure import SampleSpec, make_sample
-    from labdct_live.scanfiles import SimulatedScan, write_simulated_scan
+    from labdct_live.simulation.microstructure import SampleSpec, make_sample
+    from labdct_live.simulation.scanfolder import SimulatedScan, write_simulated_scan
 
     root = tmp_path_factory.mktemp("export")
     sample = make_sample(SampleSpec(material="Al", diameter=0.05, height=0.05, n_grains=8,

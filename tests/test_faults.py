@@ -22,14 +22,14 @@ import numpy as np
 import pytest
 from processes import end_processes
 
+from labdct_live.acquisition.plans import labdct_scan
 from labdct_live.callbacks.live import LiveConfig, live_router
 from labdct_live.callbacks.raw_writer import ResilientTiledWriter
-from labdct_live.catalog import CatalogServer
-from labdct_live.plans import labdct_scan
-from labdct_live.processing import RoutineMethod
-from labdct_live.segment import RoutineParams
-from labdct_live.session import LiveSession
-from labdct_live.spool_import import import_spool
+from labdct_live.catalog.server import CatalogServer
+from labdct_live.live.session import LiveSession
+from labdct_live.live.spool_import import import_spool
+from labdct_live.methods import RoutineMethod
+from labdct_live.segmentation.routine import RoutineParams
 
 SHAPE = (128, 128)
 PARAMS = RoutineParams(window=5, sigma=1.0, min_size=3)
@@ -334,7 +334,7 @@ def _wait_status(client, uid, timeout=180.0) -> str:
 
 @pytest.mark.parametrize("victim", ["proxy", "worker"])
 def test_a_zmq_process_killed_mid_scan_and_restarted_loses_nothing(rig, tmp_path, victim):
-    from labdct_live.remote import make_publisher
+    from labdct_live.live.remote import make_publisher
 
     r = rig()
     chain = ZmqChain(tmp_path, r.server)
@@ -409,7 +409,7 @@ def test_ctrl_c_of_demo_aborts_the_scan_cleanly_and_marks_the_run(tmp_path):
         assert node.metadata["counts"]["expected"] == taken
         assert sorted(node["frames"].read().frame) == list(range(taken))
 
-        from labdct_live.replay import replay_run
+        from labdct_live.live.replay import replay_run
 
         replay = replay_run(client, uid, method="routine", method_options=OPTIONS,
                             progress=False)
@@ -421,7 +421,7 @@ def test_a_refused_api_key_is_reported_as_such_and_results_wait(tmp_path, caplog
     (not "unreachable"), the results wait in the spool, and the right key writes them."""
     import logging
 
-    from labdct_live.processed import ProcessedRunWriter, frame_row
+    from labdct_live.catalog.processed import ProcessedRunWriter, frame_row
 
     old = CatalogServer(tmp_path / "old", api_key="a" * 32).start()
     client = old.client()

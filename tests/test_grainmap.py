@@ -1,4 +1,4 @@
-"""Tests of labdct_live.grainmap: the model, GrainMapper3D / GrainRecon / DREAM.3D files."""
+"""Tests of labdct_live.grains: the model, GrainMapper3D / GrainRecon / DREAM.3D files."""
 
 from __future__ import annotations
 
@@ -10,19 +10,13 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from labdct_live.grainmap import (
-    GrainMap,
-    GrainMapError,
-    GrainMapFormatError,
-    Phase,
-    bunge_to_matrix,
-    matrix_to_bunge,
-    read_dream3d,
-    read_gm3d,
-    read_grainmap,
-    read_grainrecon,
-    write_gm3d,
-)
+from labdct_live.grains.formats.dream3d import read_dream3d
+from labdct_live.grains.formats.gm3d import GrainMapFormatError, read_gm3d, write_gm3d
+from labdct_live.grains.formats.grainrecon import read_grainrecon
+from labdct_live.grains.formats.registry import read_grainmap
+from labdct_live.grains.grainmap import GrainMap
+from labdct_live.grains.orientations import bunge_to_matrix, matrix_to_bunge
+from labdct_live.grains.phase import GrainMapError, Phase
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -13,8 +13,8 @@ from torch import nn
 from labdct_live.cli import main
 from labdct_live.models import Denoiser, denoise, get_model, save_checkpoint, segment_dl
 from labdct_live.models.inference import DEFAULT_MIN_SIZE, tile_starts
-from labdct_live.segment import threshold_segment
-from labdct_live.synthesis import normalize_frame
+from labdct_live.segmentation.threshold import threshold_segment
+from labdct_live.training.synthesis import normalize_frame
 
 
 class SigmoidOfInput(nn.Module):
@@ -193,7 +193,7 @@ def test_cli_denoise_writes_float_and_uint8_images(tmp_path):
 def test_the_three_dl_paths_give_byte_identical_masks(tmp_path, simulator):
     """``segment_dl``, the live/replay ``dl`` method and ``labdct-live segment --method dl``
     share one implementation: the same frame gives the same mask, beam stop included."""
-    from labdct_live.processing import DLMethod
+    from labdct_live.methods import DLMethod
 
     frame = simulator.project(omega=10.0).frame
     beamstop = simulator.geometry.beamstop_mask()

@@ -6,17 +6,16 @@ import numpy as np
 import pytest
 import tifffile
 
-from labdct_live.io import (
-    OUTPUT_MARKER,
-    AtomicOutputDir,
+from labdct_live.io.frames import (
     EmptyFolderError,
     FrameReadError,
     check_frame,
     natural_key,
     open_frame_folder,
     read_frame,
-    write_mask_tiff,
 )
+from labdct_live.io.output import OUTPUT_MARKER, AtomicOutputDir
+from labdct_live.io.tiff import write_mask_tiff
 
 
 @pytest.mark.filterwarnings("ignore:<tifffile.TiffWriter.write>:DeprecationWarning")

@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 from processes import end_processes
 
+from labdct_live.acquisition.plans import adaptive_exposure_scan, labdct_scan
 from labdct_live.callbacks.live import LiveConfig, live_router
-from labdct_live.catalog import CatalogServer
-from labdct_live.plans import adaptive_exposure_scan, labdct_scan
-from labdct_live.processing import RoutineMethod
-from labdct_live.replay import replay_run
-from labdct_live.segment import RoutineParams
-from labdct_live.session import LiveSession
+from labdct_live.catalog.server import CatalogServer
+from labdct_live.live.replay import replay_run
+from labdct_live.live.session import LiveSession
+from labdct_live.methods import RoutineMethod
+from labdct_live.segmentation.routine import RoutineParams
 
 SHAPE = (256, 256)
 PARAMS = RoutineParams(window=5, sigma=1.0, min_size=3)
@@ -225,7 +225,7 @@ def test_pause_during_an_exposure_and_resume_keep_one_frame_per_event(tmp_path, 
     import h5py
     from bluesky.utils import RunEngineInterrupted
 
-    caplog.set_level(logging.INFO, logger="labdct_live.devices")
+    caplog.set_level(logging.INFO, logger="labdct_live.acquisition.detector")
     with _session(tmp_path) as session:
         detector, rotation = session.simulated_instrument("D18", detector_shape=SHAPE, seed=9)
         simulate_frame = detector.simulate_frame
@@ -289,7 +289,7 @@ def test_adaptive_plan_follows_the_live_monitor(tmp_path):
 def test_zmq_worker_in_another_process_processes_a_published_scan(tmp_path):
     from bluesky import RunEngine
 
-    from labdct_live.remote import make_publisher
+    from labdct_live.live.remote import make_publisher
 
     def port():
         import socket
@@ -381,8 +381,8 @@ def test_catalog_spot_rows_have_every_column_and_equal_segments_csv(scanned, tmp
     import tifffile
 
     from labdct_live.cli import main
-    from labdct_live.scanfiles import FORMAT_NAME
-    from labdct_live.spot_schema import SPOT_COLUMN_NAMES
+    from labdct_live.segmentation.spot_schema import SPOT_COLUMN_NAMES
+    from labdct_live.simulation.scanfolder import FORMAT_NAME
 
     session, uid, detector = scanned
     live = session.client["processed"][uid]["spots"].read()

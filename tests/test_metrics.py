@@ -8,7 +8,7 @@ import pytest
 import tifffile
 
 from labdct_live.cli import main
-from labdct_live.metrics import (
+from labdct_live.segmentation.metrics import (
     boundary_error,
     detection_scores,
     evaluate_frames,
@@ -16,7 +16,7 @@ from labdct_live.metrics import (
     pixel_scores,
     scores_by_snr,
 )
-from labdct_live.report import markdown_table, write_report
+from labdct_live.segmentation.report import markdown_table, write_report
 
 
 def constructed_case():
@@ -209,12 +209,12 @@ def test_detection_scores_of_concatenated_tables():
 
 def test_cli_segment_tune_evaluate_on_a_simulated_scan(tmp_path, capsys):
     """The simulator's scan folder works as input (beam stop from scan.json) and as truth."""
-    pytest.importorskip("labdct_live.scanfiles")
+    pytest.importorskip("labdct_live.simulation.scanfolder")
     import json
 
-    from labdct_live.microstructure import make_sample
-    from labdct_live.presets import preset
-    from labdct_live.scanfiles import SimulatedScan, write_simulated_scan
+    from labdct_live.simulation.microstructure import make_sample
+    from labdct_live.simulation.presets import preset
+    from labdct_live.simulation.scanfolder import SimulatedScan, write_simulated_scan
 
     spec, geometry = preset("D35")
     geometry = geometry.with_(detector_shape=(254, 254), pixel_size=geometry.pixel_size * 8,

@@ -13,15 +13,15 @@ import pytest
 from bluesky import RunEngine
 from event_model import DocumentNames, schema_validators
 
-from labdct_live.devices import HDF5_DATASET, LabDCTDetector, make_rotation_stage
-from labdct_live.plans import (
+from labdct_live.acquisition.detector import HDF5_DATASET, LabDCTDetector, make_rotation_stage
+from labdct_live.acquisition.plans import (
     PlanError,
     adaptive_exposure_scan,
     labdct_scan,
     next_exposure,
     scan_omegas,
 )
-from labdct_live.snr import exposure_for_snr, snr_summary, spot_snr
+from labdct_live.segmentation.snr import exposure_for_snr, snr_summary, spot_snr
 
 SHAPE = (256, 256)
 

@@ -6,15 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from labdct_live.backgrounds import background_for_geometry
-from labdct_live.metrics import evaluate_frames
-from labdct_live.microstructure import make_sample
 from labdct_live.models import load_pretrained
 from labdct_live.models.inference import Denoiser
-from labdct_live.presets import preset
-from labdct_live.segment import label_spots, threshold_segment
-from labdct_live.simulate import Simulator
-from labdct_live.synthesis import (
+from labdct_live.segmentation.metrics import evaluate_frames
+from labdct_live.segmentation.spots import label_spots
+from labdct_live.segmentation.threshold import threshold_segment
+from labdct_live.simulation.background import background_for_geometry
+from labdct_live.simulation.forward import Simulator
+from labdct_live.simulation.microstructure import make_sample
+from labdct_live.simulation.presets import preset
+from labdct_live.training.synthesis import (
     normalize_frame,
     scale_for_median_snr,
     spot_statistics,

@@ -9,10 +9,10 @@ import pytest
 import tifffile
 
 from labdct_live.cli import main
-from labdct_live.grainmap import read_gm3d
-from labdct_live.microstructure import make_sample
-from labdct_live.presets import preset
-from labdct_live.scanfiles import SimulatedScan
+from labdct_live.grains.formats.gm3d import read_gm3d
+from labdct_live.simulation.microstructure import make_sample
+from labdct_live.simulation.presets import preset
+from labdct_live.simulation.scanfolder import SimulatedScan
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,7 @@ def test_simulate_refuses_to_overwrite_and_reports_bad_input(scan_dir, capsys):
 
 
 def test_paper_size_spread_preset():
-    from labdct_live.presets import PAPER_SIZE_SPREAD, preset
+    from labdct_live.simulation.presets import PAPER_SIZE_SPREAD, preset
 
     spec, _ = preset("D35", size_spread="paper")
     assert spec.size_spread == PAPER_SIZE_SPREAD["D35"] == pytest.approx(8.2 / 35.8)
@@ -83,9 +83,9 @@ def test_paper_size_spread_preset():
 def test_the_library_writer_never_replaces_a_folder_it_did_not_write(tmp_path):
     """``write_simulated_scan(..., overwrite=True)`` replaces an earlier scan folder, never a
     folder of the user's (no labdct-live marker)."""
-    from labdct_live.devices import scaled_geometry
-    from labdct_live.io import OutputFolderError
-    from labdct_live.scanfiles import write_simulated_scan
+    from labdct_live.acquisition.detector import scaled_geometry
+    from labdct_live.io.output import OutputFolderError
+    from labdct_live.simulation.scanfolder import write_simulated_scan
 
     spec, geometry = preset("D18")
     geometry = scaled_geometry(geometry, (64, 64)).with_(n_projections=2)

@@ -12,23 +12,19 @@ import tifffile
 from scipy import ndimage as ndi
 
 from labdct_live.cli import main
-from labdct_live.metrics import match_spots
-from labdct_live.segment import (
+from labdct_live.segmentation.metrics import match_spots
+from labdct_live.segmentation.rolling_median import (
     RollingMedianSubtractor,
     RoutineParameterError,
-    RoutineParams,
     StackTooShortError,
-    StandardRoutine,
     _batcher_network,
     _median_network,
-    as_labels,
-    label_spots,
-    spot_table,
-    standard_routine,
     subtract_rolling_median,
-    threshold_segment,
 )
-from labdct_live.snr import spot_snr
+from labdct_live.segmentation.routine import RoutineParams, StandardRoutine, standard_routine
+from labdct_live.segmentation.snr import spot_snr
+from labdct_live.segmentation.spots import as_labels, label_spots, spot_table
+from labdct_live.segmentation.threshold import threshold_segment
 
 
 # ------------------------------------------------------------------------ constructed data
@@ -201,7 +197,7 @@ def test_streaming_results_equal_the_batch_routine():
 def test_percent_threshold_and_both_minimum_size_passes():
     """Step 4 on a hand-made response: A (100) and B (60) joined by a bridge (5) form one
     component; C is a bright but small component; D has only 2 pixels above the threshold."""
-    from labdct_live.segment import threshold_response
+    from labdct_live.segmentation.routine import threshold_response
 
     response = np.zeros((20, 40), np.float32)
     response[8:12, 5:10] = 100  # A, 20 px
@@ -219,10 +215,10 @@ def test_percent_threshold_and_both_minimum_size_passes():
 
 
 def test_routine_finds_every_isolated_bright_spot_of_a_simulated_frame():
-    pytest.importorskip("labdct_live.simulate")
-    from labdct_live.microstructure import make_sample
-    from labdct_live.presets import preset
-    from labdct_live.simulate import Simulator
+    pytest.importorskip("labdct_live.simulation.forward")
+    from labdct_live.simulation.forward import Simulator
+    from labdct_live.simulation.microstructure import make_sample
+    from labdct_live.simulation.presets import preset
 
     spec, geometry = preset("D35")
     # 4x binned detector: same field of view, 16x fewer pixels (fast).
@@ -372,7 +368,7 @@ def test_cli_bad_input_leaves_no_output(tmp_path, capsys, make_input, message):
 
 # --------------------------------------------------------------------------------- tuner
 def test_tuner_finds_the_best_grid_point_and_its_scores_are_consistent():
-    from labdct_live.tune import score_params, tune_routine
+    from labdct_live.segmentation.tune import score_params, tune_routine
 
     frames, labels = gaussian_spot_stack(n_frames=11, shape=(96, 96), n_spots=8, seed=4)
     corrected = subtract_rolling_median(frames, 11)[:4]
@@ -398,11 +394,12 @@ def test_tuner_finds_the_best_grid_point_and_its_scores_are_consistent():
 
 
 def test_docs_spot_table_is_the_schema():
-    """docs/segmentation.md lists the spot columns as :mod:`labdct_live.spot_schema` defines
+    """docs/segmentation.md lists the spot columns as :mod:`labdct_live.segmentation.spot_schema`
+    defines
     them (the docs' table cannot drift from the code)."""
     from pathlib import Path
 
-    from labdct_live.spot_schema import spot_columns_markdown
+    from labdct_live.segmentation.spot_schema import spot_columns_markdown
 
     docs = (Path(__file__).parents[1] / "docs" / "segmentation.md").read_text()
     assert spot_columns_markdown() in docs

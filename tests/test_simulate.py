@@ -7,16 +7,16 @@ import pytest
 from scipy import stats
 from scipy.spatial.transform import Rotation
 
-from labdct_live.crystal import MATERIALS
-from labdct_live.geometry import Geometry
-from labdct_live.microstructure import (
+from labdct_live.simulation.crystal import MATERIALS
+from labdct_live.simulation.forward import Simulator
+from labdct_live.simulation.geometry import Geometry
+from labdct_live.simulation.microstructure import (
     SampleSpec,
     cell_tree,
     make_sample,
     random_orientations,
     single_crystal_sample,
 )
-from labdct_live.simulate import Simulator
 
 HC = 12.398419843
 ORIENTATION = Rotation.from_euler("ZXZ", [33.0, 47.0, 121.0], degrees=True).as_matrix()

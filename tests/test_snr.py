@@ -1,11 +1,11 @@
-"""Spot SNR (docs/physics.md §8), frame summaries and exposure planning (labdct_live.snr)."""
+"""Spot SNR (docs/physics.md §8), frame summaries and exposure planning (segmentation.snr)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from labdct_live.snr import exposure_for_snr, snr_summary, spot_snr
+from labdct_live.segmentation.snr import exposure_for_snr, snr_summary, spot_snr
 
 
 def checkerboard(shape, low, high):

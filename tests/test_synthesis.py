@@ -1,11 +1,11 @@
-"""Tests of labdct_live.synthesis: Eq. 1-2, targets, SNR scaling, normalisation."""
+"""Tests of labdct_live.training.synthesis: Eq. 1-2, targets, SNR scaling, normalisation."""
 
 import numpy as np
 import pytest
 
-from labdct_live.geometry import Geometry
-from labdct_live.snr import spot_snr
-from labdct_live.synthesis import (
+from labdct_live.segmentation.snr import spot_snr
+from labdct_live.simulation.geometry import Geometry
+from labdct_live.training.synthesis import (
     TARGET_PARAMS,
     SynthesisConfig,
     SynthesisError,
@@ -259,7 +259,7 @@ def test_bad_inputs():
         SynthesisConfig(median_snr_range=(3, 1))
     with pytest.raises(SynthesisError, match="target"):
         SynthesisConfig(target="clean")
-    with pytest.raises(ValueError, match="2-D"):  # labdct_live.normalization's own check
+    with pytest.raises(ValueError, match="2-D"):  # normalization's own check
         normalize_frame(np.ones(5))
 
 
@@ -276,7 +276,7 @@ def test_random_acquisition_ranges_and_determinism():
         r0, r1, c0, c1 = g.beamstop
         side = r1 - r0
         assert 0.3 * 2032 - 2 <= side <= 0.5 * 2032 + 2 and abs((c1 - c0) - side) <= 1
-        from labdct_live.backgrounds import beam_center_pixel
+        from labdct_live.simulation.background import beam_center_pixel
 
         rc, cc = beam_center_pixel(g)
         assert abs((r0 + r1) / 2 - rc) <= 1 and abs((c0 + c1) / 2 - cc) <= 1

@@ -15,7 +15,7 @@ from labdct_live.models import get_model, load_checkpoint, load_model
 from labdct_live.models.data import ChunkedBatches, fixed_dataset_batches
 from labdct_live.models.losses import get_loss
 from labdct_live.models.train import TrainConfig, learning_rate, train, validate
-from labdct_live.synthesis import normalize_frame
+from labdct_live.training.synthesis import normalize_frame
 
 SIZE = 48
 
@@ -194,7 +194,7 @@ def test_chunked_batches_depend_only_on_the_step():
 
 
 def _write_pairs(path, n_train: int, n_val: int, seed: int = 0) -> None:
-    """A pair-dataset file in the layout of labdct_live.datasets.write_pair_dataset."""
+    """A pair-dataset file in the layout of labdct_live.training.torchdata.write_pair_dataset."""
     rng = np.random.default_rng(seed)
     with h5py.File(path, "w") as h5:
         h5.attrs.update(format="labdct-live training pairs", version="test", input_format="float",
@@ -246,8 +246,9 @@ def test_cli_train_runs_and_resumes_with_the_saved_options(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_cache(tmp_path_factory):
     """A projection cache of four simulated 192² D18 projections (the detector scaled down)."""
-    from labdct_live.datasets import Acquisition, build_projection_cache
-    from labdct_live.presets import preset
+    from labdct_live.simulation.presets import preset
+    from labdct_live.training.acquisitions import Acquisition
+    from labdct_live.training.cache import build_projection_cache
 
     spec, geometry = preset("D18")
     factor = geometry.detector_shape[0] / 192

@@ -22,15 +22,9 @@ from processes import end_processes
 
 from labdct_live.cli import main
 from labdct_live.cli.keys import allow_client, write_key_pair
-from labdct_live.remote import (
-    CurveClient,
-    CurveServer,
-    InsecureBindError,
-    Proxy,
-    RemoteDispatcher,
-    make_publisher,
-)
-from labdct_live.wire import ARRAY_EXT, SCALAR_EXT, WireDecodeError, pack, unpack
+from labdct_live.io.wire import ARRAY_EXT, SCALAR_EXT, WireDecodeError, pack, unpack
+from labdct_live.live.addresses import CurveClient, CurveServer, InsecureBindError
+from labdct_live.live.remote import Proxy, RemoteDispatcher, make_publisher
 
 CLI = [sys.executable, "-m", "labdct_live"]
 NUMERIC = ["b1", "i1", "u1", "i2", "u2", "i4", "u4", "i8", "u8", "f2", "f4", "f8", "c8", "c16"]
@@ -212,7 +206,7 @@ def _wait_for(predicate, timeout: float, every: float = 0.1, action=None) -> boo
 
 
 def test_forged_pickle_documents_run_nothing_and_the_worker_carries_on(tmp_path):
-    from labdct_live.catalog import CatalogServer
+    from labdct_live.catalog.server import CatalogServer
 
     pwned = tmp_path / "pwned"
     command = f"id > {pwned}"

@@ -1,6 +1,7 @@
 """A Griffe extension for the API reference: the Sphinx conventions of the docstrings.
 
-The docstrings cross-reference with Sphinx roles (``:func:`~labdct_live.segment.spot_table```),
+The docstrings cross-reference with Sphinx roles
+(``:func:`~labdct_live.segmentation.spots.spot_table```),
 which Markdown would show verbatim. This extension (loaded by mkdocstrings, see mkdocs.yml)
 rewrites each role into an optional autoref: a link when the target is rendered in the API
 reference, plain code otherwise (a private helper, numpy, torch...), never a build warning.

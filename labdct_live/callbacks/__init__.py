@@ -1,7 +1,20 @@
 """Bluesky callbacks: live processing, exposure monitor, end-of-scan hook, raw-run writer.
 
-See :mod:`labdct_live.callbacks.live` (the processor), :mod:`~labdct_live.callbacks.monitor`,
-:mod:`~labdct_live.callbacks.end_of_scan` and :mod:`~labdct_live.callbacks.raw_writer`.
+Each is an :class:`event_model.DocumentRouter` (through :class:`~labdct_live.callbacks.router.
+LiveRouter`, which never raises into the RunEngine): :mod:`~labdct_live.callbacks.live` (the
+processor), :mod:`~labdct_live.callbacks.monitor`, :mod:`~labdct_live.callbacks.end_of_scan`
+and :mod:`~labdct_live.callbacks.raw_writer`; :mod:`~labdct_live.callbacks.inbox` and
+:mod:`~labdct_live.callbacks.readers` are the processor's queue and frame readers.
 """
 
-__all__: list[str] = []  # the callbacks live in the submodules
+from labdct_live._lazy import attach
+
+_SUBMODULES = {
+    "end_of_scan": ["EndOfScan"],
+    "live": ["LiveConfig", "LiveProcessor", "live_router"],
+    "monitor": ["ExposureMonitor"],
+    "raw_writer": ["ResilientTiledWriter"],
+    "router": ["LiveRouter"],
+}
+
+__getattr__, __dir__, __all__ = attach(__name__, _SUBMODULES)

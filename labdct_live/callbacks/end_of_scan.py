@@ -2,9 +2,10 @@
 
 :class:`EndOfScan` is the one hook the live processor calls once a run's results are complete
 in the catalog (``LiveConfig(end_of_scan=[EndOfScan(...)])``). It reads the binary frames back
-from ``processed/<node>`` and exports them (:func:`labdct_live.export.export_scan`), then, when
+from ``processed/<node>`` and exports them (:func:`labdct_live.export.registry.export_scan`), then,
+when
 a reference grain map and a reconstruction of this scan are configured, compares them
-(:mod:`labdct_live.compare`). The reconstruction itself is made by an external program
+(:mod:`labdct_live.grains.compare`). The reconstruction itself is made by an external program
 (GrainRecon, GrainMapper3D) from the export; when it is not there yet, the hook says which
 command to run once it is.
 """
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from labdct_live.names import check_key
+from labdct_live.io.names import check_key
 
 __all__ = ["EndOfScan", "export_inputs", "export_from_catalog"]
 
@@ -30,7 +31,7 @@ def export_inputs(node, start_doc: dict) -> tuple:
     rows = rows.set_index("frame").reindex(range(n))
     if "geometry" not in start_doc:
         raise ValueError("the raw run's start document has no 'geometry': the export needs it "
-                         "(scans made with labdct_live.plans.labdct_scan carry it)")
+                         "(scans made with labdct_live.acquisition.plans.labdct_scan carry it)")
     processing = {k: v for k, v in node.metadata.items()
                   if k in ("method", "threshold", "min_size", "model_name", "model_version",
                            "model_hash") or k.startswith("routine_")}
@@ -51,7 +52,7 @@ def export_inputs(node, start_doc: dict) -> tuple:
 def export_from_catalog(client, node_key: str, fmt: str, out, start_doc: dict | None = None,
                         **options) -> Path:
     """Export ``processed/<node_key>`` in ``fmt`` (grainrecon, gm3d, nexus) to ``out``."""
-    from labdct_live.export import export_scan
+    from labdct_live.export.registry import export_scan
 
     node = client["processed"][check_key(node_key, "processed node key")]
     if start_doc is None:
@@ -114,8 +115,9 @@ class EndOfScan:
                        f"--out {self.out_dir / node_key / 'comparison'}")
             logger.info(message)
             return message
-        from labdct_live.compare import compare_grainmaps, write_report
-        from labdct_live.grainmap import read_grainmap
+        from labdct_live.grains.compare.comparison import compare_grainmaps
+        from labdct_live.grains.compare.report import write_report
+        from labdct_live.grains.formats.registry import read_grainmap
 
         comparison = compare_grainmaps(read_grainmap(self.reference), read_grainmap(recon),
                                        threshold_deg=self.misorientation, label=node_key)

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from labdct_live.callbacks.readers import FrameRef, frame_ref_from_dict
+from labdct_live.io.output import atomic_file
 
 __all__ = ["FrameItem", "Inbox", "END"]
 
@@ -109,14 +110,9 @@ class Inbox:
                     frame = item.load()
             meta = {"index": item.index, "omega": item.omega, "exposure": item.exposure,
                     "ref": ref}
-        tmp = path.with_suffix(".tmp.npz")
-        try:
-            np.savez(tmp, meta=json.dumps(meta),
+        with atomic_file(path) as tmp, open(tmp, "wb") as fh:  # no partial file is left
+            np.savez(fh, meta=json.dumps(meta),
                      frame=np.asarray(frame) if frame is not None else np.zeros(0))
-            os.replace(tmp, path)
-        except OSError:
-            tmp.unlink(missing_ok=True)  # a partial file would fill the disk further
-            raise
         return path
 
     @staticmethod

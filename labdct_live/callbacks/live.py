@@ -5,7 +5,7 @@ with :func:`live_router` (a :class:`~labdct_live.callbacks.router.LiveRouter`). 
 RunEngine's thread it only collects frames (pixels or references) into an
 :class:`~labdct_live.callbacks.inbox.Inbox`, which never blocks; a worker thread loads each
 frame, runs the processing method, writes the binary frame, the per-frame row and the spot
-rows to ``processed/<raw uid>`` (see :mod:`labdct_live.processed`) and tells the listeners
+rows to ``processed/<raw uid>`` (see :mod:`labdct_live.catalog.processed`) and tells the listeners
 (the exposure monitor).
 
 At the stop document the worker drains the inbox and **reconciles** with the run: the stop
@@ -47,11 +47,11 @@ from labdct_live.callbacks.readers import (
     HDF5FrameRef,
 )
 from labdct_live.callbacks.router import LiveRouter
-from labdct_live.catalog import describe_catalog_error
-from labdct_live.geometry import Geometry
-from labdct_live.names import safe_key
-from labdct_live.processed import ProcessedRunWriter, frame_row, frames_in_catalog
-from labdct_live.processing import FrameError, ProcessedFrame, check_frame, make_method
+from labdct_live.catalog.errors import describe_catalog_error
+from labdct_live.catalog.processed import ProcessedRunWriter, frame_row, frames_in_catalog
+from labdct_live.io.names import safe_key
+from labdct_live.methods import FrameError, ProcessedFrame, check_frame, make_method
+from labdct_live.simulation.geometry import Geometry
 
 __all__ = ["LiveConfig", "LiveProcessor", "live_router", "FrameListener"]
 
@@ -70,12 +70,15 @@ class LiveConfig:
     client : tiled client root or callable returning one
         The catalog that receives ``processed/<raw uid>``.
     method : {"auto", "dl", "routine"}
-        Processing method (see :mod:`labdct_live.processing`).
+        Processing method (see :mod:`labdct_live.methods`).
     method_options : dict
-        Passed to :func:`labdct_live.processing.make_method` (model, threshold, ...).
-    image_key : str or None
-        Data key of the detector image; when None, the start document's ``image_key``
-        (:mod:`labdct_live.plans` writes it), else the first 2-D array key.
+        Passed to :func:`labdct_live.methods.make_method` (model, threshold, ...).
+    image_key, rotation_key, exposure_key : str or None
+        Data keys of the detector image, the rotation angle ω and the exposure time; when
+        None, the start document's ``image_key``, ``rotation_key`` and ``exposure_key``
+        (:func:`labdct_live.acquisition.plans.labdct_scan` writes them). Nothing is guessed:
+        a run that names no image key is not processed (status ``failed``, with the reason
+        in :attr:`LiveProcessor.errors`), and an unnamed ω or exposure is recorded as NaN.
     queue_size : int
         Frames waiting in memory before they spill to the disk spool.
     spool_dir : path or None
@@ -104,6 +107,8 @@ class LiveConfig:
     method: str = "auto"
     method_options: dict = field(default_factory=dict)
     image_key: str | None = None
+    rotation_key: str | None = None
+    exposure_key: str | None = None
     queue_size: int = 16
     spool_dir: str | Path | None = None
     listeners: list = field(default_factory=list)
@@ -145,6 +150,7 @@ class LiveProcessor(DocumentRouter):
         self._worker: threading.Thread | None = None
         self._descriptors: dict[str, dict] = {}
         self._image_key: str | None = None
+        self._unprocessable: str | None = None  #: why the run cannot be processed
         self._image_stream: str | None = None
         self._image_external = ""
         self._scalar_keys: dict[str, str | None] = {"omega": None, "exposure": None}
@@ -174,10 +180,17 @@ class LiveProcessor(DocumentRouter):
         # The uid comes from a document (maybe from the network): it names a folder and a key.
         self.node_key = safe_key(self.config.node_key(self.raw_uid), "processed node key")
         self.n_frames = int(doc.get("n_projections") or doc.get("num_points") or 0)
-        # The plan names its data keys in the start document; guess only for other plans.
+        # The plan names its data keys in the start document (or the user in LiveConfig).
         self._image_key = self.config.image_key or doc.get("image_key")
-        self._scalar_keys = {"omega": doc.get("rotation_key"),
-                             "exposure": doc.get("exposure_key")}
+        self._scalar_keys = {"omega": self.config.rotation_key or doc.get("rotation_key"),
+                             "exposure": self.config.exposure_key or doc.get("exposure_key")}
+        if self._image_key is None:
+            self._unprocessable = (
+                f"run {self.raw_uid}: neither LiveConfig.image_key nor the start document's "
+                "'image_key' names the detector image, so no frame is processed (the package's "
+                "plans write it; other plans: give md={'image_key': ...})")
+            self.errors.append(self._unprocessable)
+            logger.error("%s", self._unprocessable)
         geometry = doc.get("geometry")
         if geometry:
             try:
@@ -198,13 +211,6 @@ class LiveProcessor(DocumentRouter):
             return
         keys = doc["data_keys"]
         key = self._image_key
-        if key is None:  # a plan that does not name it: the first 2-D array, said aloud
-            key = next((k for k, v in keys.items()
-                        if len([s for s in v.get("shape", []) if s and s > 1]) == 2), None)
-            if key is not None:
-                logger.warning("run %s: the start document names no image_key; processing the "
-                               "2-D array %r of stream %r (set LiveConfig.image_key to choose)",
-                               self.raw_uid, key, doc.get("name"))
         if key is None or key not in keys:
             return  # a stream without images (e.g. baseline readings)
         self._image_key, self._image_stream = key, doc.get("name", "primary")
@@ -290,12 +296,8 @@ class LiveProcessor(DocumentRouter):
         self.counts["spooled_inbox"] = self.inbox.spooled
 
     def _scalar(self, data: dict, name: str) -> float:
-        key = self._scalar_keys[name]
-        if key is not None:
-            value = data.get(key)
-            return float(value) if np.isscalar(value) and not isinstance(value, str) else np.nan
-        return _first_value(data, {"omega": ("rotation", "omega"),
-                                   "exposure": ("exposure",)}[name], np.nan)
+        value = data.get(self._scalar_keys[name])
+        return float(value) if np.isscalar(value) and not isinstance(value, str) else np.nan
 
     # ----------------------------------------------------------------------- worker
     def _client(self):
@@ -371,6 +373,10 @@ class LiveProcessor(DocumentRouter):
             missing = [i for i in missing if i not in accounted]
         if not missing:
             return
+        if self._unprocessable:  # every frame of the run is accounted for, with the reason
+            for index in missing:
+                self._record_missing(index, "not processed: the run names no image key")
+            return
         logger.warning("run %s: frames %s never arrived whole; reading them from the raw run "
                        "in the catalog", self.raw_uid, _ranges(missing))
         source = self._raw_frames()
@@ -441,6 +447,8 @@ class LiveProcessor(DocumentRouter):
     def _final_status(self) -> str:
         if self._cancelled:
             return "aborted"
+        if self._unprocessable:
+            return "failed"
         exit_status = (self.stop_doc or {}).get("exit_status", "success")
         if exit_status in ("abort", "fail"):
             return {"abort": "aborted", "fail": "failed"}[exit_status]
@@ -505,20 +513,6 @@ def _ranges(indices: list[int]) -> str:
             out.append(f"{start}" if start == value else f"{start}-{value}")
             start = None
     return ", ".join(out)
-
-
-def _first_value(data: dict, names: tuple[str, ...], default: float) -> float:
-    """The value of the key named exactly like one of ``names``, else of the first key that
-    ends with one of them (e.g. ``labdct_exposure``), else ``default``."""
-    scalars = {k: v for k, v in data.items() if np.isscalar(v) and not isinstance(v, str)}
-    for name in names:
-        if name in scalars:
-            return float(scalars[name])
-    for name in names:
-        for key, value in scalars.items():
-            if key.endswith(name):
-                return float(value)
-    return default
 
 
 def live_router(config: LiveConfig, processors: list | None = None) -> LiveRouter:

@@ -6,7 +6,7 @@ RunEngine for the start/stop documents) and a frame listener of the live process
 
 Under Poisson statistics SNR grows as the square root of exposure, so the exposure that brings
 the median spot to ``target_snr`` is ``t (target / snr)²``
-(:func:`labdct_live.snr.exposure_for_snr`).
+(:func:`labdct_live.segmentation.snr.exposure_for_snr`).
 The advice is logged as the scan goes (and passed to ``report``); the plot is a matplotlib
 figure updated every frame, saved as PNG every ``save_every`` frames and at the stop document.
 """
@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 from event_model import DocumentRouter
 
-from labdct_live.names import safe_key
-from labdct_live.snr import exposure_for_snr
+from labdct_live.io.names import safe_key
+from labdct_live.segmentation.snr import exposure_for_snr
 
 __all__ = ["ExposureMonitor"]
 

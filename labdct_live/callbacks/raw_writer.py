@@ -15,7 +15,7 @@ Any other failure is logged and counted, and the next document goes on.
 
 A server that stays away longer than ``outage_limit`` seconds is given up on for the current
 run: its documents (so far and to come) go to a document file in ``spool_dir``
-(:func:`labdct_live.wire.append_document`), which ``labdct-live import-spool`` writes to the
+(:func:`labdct_live.io.wire.append_document`), which ``labdct-live import-spool`` writes to the
 catalog once it is back. Nothing waits without bound.
 """
 
@@ -29,9 +29,9 @@ from pathlib import Path
 
 import httpx
 
-from labdct_live.catalog import is_transient_error
-from labdct_live.names import safe_key
-from labdct_live.wire import append_document
+from labdct_live.catalog.errors import is_transient_error
+from labdct_live.io.names import safe_key
+from labdct_live.io.wire import append_document
 
 __all__ = ["ResilientTiledWriter"]
 

@@ -24,7 +24,7 @@ from urllib.parse import unquote, urlparse
 import h5py
 import numpy as np
 
-from labdct_live.io import FrameReadError
+from labdct_live.io.frames import FrameReadError
 
 __all__ = ["FrameRef", "HDF5FrameRef", "ErrorFrameRef", "CallableFrameRef", "CatalogRunFrames",
            "frame_ref_from_dict", "uri_to_path"]

@@ -67,7 +67,7 @@ def _user_error(exc: BaseException, run=None) -> tuple[str, int] | None:
     Errors of modules not yet imported cannot have been raised, so optional modules (the
     catalog's httpx and tiled) are only consulted when loaded: ``--help`` stays fast.
     """
-    from labdct_live.io import describe_os_error
+    from labdct_live.io.errors import describe_os_error
 
     catalog = sys.modules.get("labdct_live.catalog")
     if catalog is not None and isinstance(exc, catalog.CatalogUnavailable):
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    from labdct_live.io import CommandRun, command_context
+    from labdct_live.io.errors import CommandRun, command_context
 
     run = CommandRun(args.command)
     try:

@@ -75,9 +75,10 @@ def _grain_list(text: str | None) -> list[int] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from labdct_live.compare import compare_grainmaps, delta_gb_ratio, write_report
-    from labdct_live.grainmap import read_grainmap
-    from labdct_live.io import AtomicOutputDir, require_hdf5
+    from labdct_live.grains.compare.comparison import compare_grainmaps, delta_gb_ratio
+    from labdct_live.grains.compare.report import write_report
+    from labdct_live.grains.formats.registry import read_grainmap
+    from labdct_live.io.output import AtomicOutputDir, require_hdf5
 
     paths = [args.reconstruction] + ([args.second] if args.second else [])
     labels = list(args.labels or [])

@@ -18,10 +18,10 @@ def run(args: argparse.Namespace) -> int:
     from bluesky.utils import RunEngineInterrupted
     from tqdm.auto import tqdm
 
-    from labdct_live.catalog import stop_on_signals
-    from labdct_live.io import work_folder
-    from labdct_live.plans import labdct_scan
-    from labdct_live.session import LiveSession
+    from labdct_live.acquisition.plans import labdct_scan
+    from labdct_live.catalog.server import stop_on_signals
+    from labdct_live.io.output import work_folder
+    from labdct_live.live.session import LiveSession
 
     if args.projections < 2:
         raise ValueError(f"--projections must be at least 2, got {args.projections}")

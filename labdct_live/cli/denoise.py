@@ -16,12 +16,9 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from labdct_live import __version__
-    from labdct_live.io import (
-        AtomicOutputDir,
-        open_frame_folder,
-        tiff_layout_tags,
-        write_tiff_atomic,
-    )
+    from labdct_live.io.frames import open_frame_folder
+    from labdct_live.io.output import AtomicOutputDir
+    from labdct_live.io.tiff import tiff_layout_tags, write_tiff_atomic
     from labdct_live.models import Denoiser
 
     input_dir, out = Path(args.input_dir), Path(args.output_dir)
@@ -61,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
             "model_hash": denoiser.metadata.get("sha256", ""),  # sha256 of the weight file
             "format": args.format, "tile": args.tile, "overlap": args.overlap,
             "precision": args.precision, "device": str(denoiser.device),
-            "normalization": "labdct_live.synthesis.normalize_frame",
+            "normalization": "labdct_live.training.synthesis.normalize_frame",
             "input": str(input_dir.resolve()), "n_frames": len(stack),
             "frame_shape": list(stack.shape), "labdct_live_version": __version__,
         }, indent=2))

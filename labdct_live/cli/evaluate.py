@@ -20,12 +20,12 @@ class _Truth:
     """Ground truth from a simulated scan folder or from a folder of label/mask TIFFs."""
 
     def __init__(self, path: Path, frames_dir: Path | None):
-        from labdct_live.io import open_frame_folder
+        from labdct_live.io.frames import open_frame_folder
 
         self.path = path
         self.exclude = None
         if (path / "scan.json").is_file() and (path / "truth.h5").is_file():
-            from labdct_live.scanfiles import SimulatedScan
+            from labdct_live.simulation.scanfolder import SimulatedScan
 
             self.scan = SimulatedScan.open(path)
             self.names = [Path(f).name for f in self.scan.meta["frames"]]
@@ -45,7 +45,7 @@ class _Truth:
                                f"e.g. {missing[0]}")
 
     def labels(self, index: int) -> np.ndarray:
-        from labdct_live.segment import as_labels
+        from labdct_live.segmentation.spots import as_labels
 
         return as_labels(self._labels(index))
 
@@ -82,10 +82,11 @@ def _command_line(args: argparse.Namespace) -> str:
 def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from labdct_live.io import check_output_dir, open_frame_folder
-    from labdct_live.metrics import evaluate_frames
-    from labdct_live.report import markdown_table, summary_table, write_report
-    from labdct_live.segment import as_labels
+    from labdct_live.io.frames import open_frame_folder
+    from labdct_live.io.output import check_output_dir
+    from labdct_live.segmentation.metrics import evaluate_frames
+    from labdct_live.segmentation.report import markdown_table, summary_table, write_report
+    from labdct_live.segmentation.spots import as_labels
 
     bins = _parse_bins(args.bins)
     out = Path(args.out) if args.out else Path(args.pred) / "evaluation"

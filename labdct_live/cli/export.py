@@ -20,7 +20,8 @@ from labdct_live.cli import CLIError
 
 ORDER = 40
 
-#: ``--format`` choices (= labdct_live.export.FORMATS, not imported so that --help stays fast).
+#: ``--format`` choices (= labdct_live.export.registry.FORMATS, not imported so that --help stays
+#: fast).
 FORMAT_NAMES = ("grainrecon", "gm3d", "nexus")
 
 
@@ -36,7 +37,8 @@ def _read_json(path: Path, option: str) -> dict:
 
 def source_from_folder(args: argparse.Namespace) -> tuple[Any, dict, Any]:
     """Masks of SOURCE, metadata from --scan or --meta, provenance from segmentation.json."""
-    from labdct_live.export import metadata_from_scan, open_mask_folder
+    from labdct_live.export.masks import open_mask_folder
+    from labdct_live.export.metadata import metadata_from_scan
 
     if args.source is None:
         raise CLIError("give SOURCE, the folder of binary masks written by 'labdct-live segment'")
@@ -56,7 +58,7 @@ def source_from_folder(args: argparse.Namespace) -> tuple[Any, dict, Any]:
         metadata["frame_names"] = masks.names
     raw = None
     if args.raw:
-        from labdct_live.io import open_frame_folder
+        from labdct_live.io.frames import open_frame_folder
 
         stack = open_frame_folder(args.raw)
         position = {name: k for k, name in enumerate(stack.names)}
@@ -70,7 +72,7 @@ def source_from_folder(args: argparse.Namespace) -> tuple[Any, dict, Any]:
 def source_from_catalog(args: argparse.Namespace) -> tuple[Any, dict, Any]:
     """Masks and metadata of ``processed/<uid>`` in a tiled catalog."""
     from labdct_live.callbacks.end_of_scan import export_inputs
-    from labdct_live.catalog import connect
+    from labdct_live.catalog.client import connect
 
     client = connect(args.catalog, args.api_key)
     if "processed" not in client or args.from_catalog not in client["processed"]:
@@ -99,8 +101,9 @@ def load_source(args: argparse.Namespace) -> tuple[Any, dict, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from labdct_live.export import ExportMetadata, export_scan
-    from labdct_live.io import check_output_dir
+    from labdct_live.export.metadata import ExportMetadata
+    from labdct_live.export.registry import export_scan
+    from labdct_live.io.output import check_output_dir
 
     if args.raw and args.format != "nexus":
         raise CLIError("--raw is only used by --format nexus")

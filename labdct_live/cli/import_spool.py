@@ -8,8 +8,8 @@ ORDER = 62
 
 
 def run(args: argparse.Namespace) -> int:
-    from labdct_live.catalog import connect
-    from labdct_live.spool_import import import_spool
+    from labdct_live.catalog.client import connect
+    from labdct_live.live.spool_import import import_spool
 
     report = import_spool(connect(args.catalog, args.api_key), args.spool)
     for uid in report["raw_runs"]:

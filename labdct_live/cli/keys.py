@@ -1,6 +1,6 @@
 """``labdct-live keys``: CURVE key pairs for the 0MQ proxy and its clients.
 
-The layout the proxy, the worker and :func:`labdct_live.remote.make_publisher` read from a
+The layout the proxy, the worker and :func:`labdct_live.live.remote.make_publisher` read from a
 CURVE folder (``--curve-dir``)::
 
     server.key           the proxy's public key: give it to every client

@@ -8,8 +8,8 @@ ORDER = 40
 
 
 def run(args: argparse.Namespace) -> int:
-    from labdct_live.catalog import connect
-    from labdct_live.replay import replay_run
+    from labdct_live.catalog.client import connect
+    from labdct_live.live.replay import replay_run
 
     client = connect(args.catalog, args.api_key)
     result = replay_run(client, args.raw_uid, method=args.method)

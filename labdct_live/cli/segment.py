@@ -2,7 +2,8 @@
 
 Methods are registered in :data:`METHODS` by :func:`register_method`; a method builds, from
 the parsed arguments and the beam-stop mask, a function that turns a
-:class:`~labdct_live.io.FrameStack` into :class:`~labdct_live.segment.FrameResult` s (in any
+:class:`~labdct_live.io.frames.FrameStack` into
+:class:`~labdct_live.segmentation.routine.FrameResult` s (in any
 order). ``routine`` is the standard routine; ``dl`` the U-Net and one threshold.
 """
 
@@ -20,8 +21,8 @@ import numpy as np
 from labdct_live.cli import CLIError
 
 if TYPE_CHECKING:
-    from labdct_live.io import FrameStack
-    from labdct_live.segment import FrameResult
+    from labdct_live.io.frames import FrameStack
+    from labdct_live.segmentation.routine import FrameResult
 
 ORDER = 30
 
@@ -55,7 +56,7 @@ def register_method(name: str, help: str):
 
 @register_method("routine", "the standard routine (rolling median, LoG, per-spot threshold)")
 def _build_routine(args: argparse.Namespace, exclude: np.ndarray | None):
-    from labdct_live.segment import RoutineParams, iter_standard_routine
+    from labdct_live.segmentation.routine import RoutineParams, iter_standard_routine
 
     params = RoutineParams.preset(args.preset)
     if args.params:
@@ -109,7 +110,8 @@ def _model_identity(model: str | None, denoiser) -> tuple[str, str]:
 @register_method("dl", "U-Net denoising, then one threshold (needs the trained U-Net)")
 def _build_dl(args: argparse.Namespace, exclude: np.ndarray | None):
     from labdct_live.models.inference import DEFAULT_MIN_SIZE, Denoiser
-    from labdct_live.segment import FrameResult, label_spots, spot_table
+    from labdct_live.segmentation.routine import FrameResult
+    from labdct_live.segmentation.spots import label_spots, spot_table
 
     _check_threshold(args.threshold)
     try:
@@ -135,7 +137,7 @@ def _build_dl(args: argparse.Namespace, exclude: np.ndarray | None):
 def _resolve_input(input_dir: Path) -> tuple[Path, np.ndarray | None, str]:
     """Frame folder and beam-stop mask; a simulated scan folder brings its own beam stop."""
     if (input_dir / "scan.json").is_file() and (input_dir / "frames").is_dir():
-        from labdct_live.scanfiles import SimulatedScan
+        from labdct_live.simulation.scanfolder import SimulatedScan
 
         geometry = SimulatedScan.open(input_dir).geometry
         return input_dir / "frames", geometry.beamstop_mask(), "scan.json"
@@ -143,7 +145,8 @@ def _resolve_input(input_dir: Path) -> tuple[Path, np.ndarray | None, str]:
 
 
 #: ``--beamstop`` value meaning "no beam stop".
-NO_BEAMSTOP = "none"
+#: What ``--beamstop`` takes for "no beam stop" (a Geometry's is its NO_BEAMSTOP range).
+NO_BEAMSTOP_OPTION = "none"
 
 
 def parse_beamstop(text: str) -> tuple[int, int, int, int] | str:
@@ -156,8 +159,8 @@ def parse_beamstop(text: str) -> tuple[int, int, int, int] | str:
     argparse.ArgumentTypeError
         For anything else.
     """
-    if text.strip().lower() == NO_BEAMSTOP:
-        return NO_BEAMSTOP
+    if text.strip().lower() == NO_BEAMSTOP_OPTION:
+        return NO_BEAMSTOP_OPTION
     parts = text.replace(",", " ").split()
     try:
         values = tuple(int(v) for v in parts)
@@ -174,7 +177,7 @@ def _beamstop_from_args(value: tuple[int, int, int, int] | str | None, shape: tu
                         default: np.ndarray | None) -> np.ndarray | None:
     if value is None:
         return default
-    if value == NO_BEAMSTOP:
+    if value == NO_BEAMSTOP_OPTION:
         return None
     r0, r1, c0, c1 = value
     if not (0 <= r0 <= r1 < shape[0] and 0 <= c0 <= c1 < shape[1]):
@@ -189,8 +192,8 @@ def _spot_rows(result: FrameResult, frame: np.ndarray, exclude: np.ndarray | Non
                name: str):
     """The frame's rows of ``spots.csv``: the spot table with the SNR on the raw frame, as the
     live processor writes it to the catalog, and the frame's file name after ``frame``."""
-    from labdct_live.snr import spot_snr
-    from labdct_live.spot_schema import conform_spots
+    from labdct_live.segmentation.snr import spot_snr
+    from labdct_live.segmentation.spot_schema import conform_spots
 
     snr = spot_snr(frame, result.labels, exclude=exclude)[["label", "snr", "visible"]]
     spots = conform_spots(result.spots.merge(snr, on="label", how="left"), frame=result.index)
@@ -204,7 +207,9 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from labdct_live import __version__
-    from labdct_live.io import AtomicOutputDir, open_frame_folder, tiff_layout_tags, write_mask_tiff
+    from labdct_live.io.frames import open_frame_folder
+    from labdct_live.io.output import AtomicOutputDir
+    from labdct_live.io.tiff import tiff_layout_tags, write_mask_tiff
 
     input_dir, exclude, beamstop_source = _resolve_input(Path(args.input_dir))
     out = Path(args.output_dir)

@@ -16,8 +16,8 @@ ORDER = 60
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from labdct_live.catalog import CatalogServer, Terminated, stop_on_signals
-    from labdct_live.io import probe_writable
+    from labdct_live.catalog.server import CatalogServer, Terminated, stop_on_signals
+    from labdct_live.io.output import probe_writable
 
     directory = Path(args.directory)
     if not (directory / "catalog.db").exists() and not args.create:

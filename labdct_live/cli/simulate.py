@@ -32,8 +32,8 @@ def add_simulation_arguments(p: argparse.ArgumentParser) -> None:
 
 def build_acquisition(args: argparse.Namespace):
     """(Sample, Geometry) from the command-line options."""
-    from labdct_live.microstructure import make_sample
-    from labdct_live.presets import preset
+    from labdct_live.simulation.microstructure import make_sample
+    from labdct_live.simulation.presets import preset
 
     spread = getattr(args, "size_spread", None)
     if spread not in (None, "paper"):
@@ -69,7 +69,8 @@ BYTES_PER_VOXEL = 64
 
 
 def estimate_scan_bytes(sample, geometry) -> int:
-    """Expected size of the scan folder :func:`~labdct_live.scanfiles.write_simulated_scan`
+    """Expected size of the scan folder
+    :func:`~labdct_live.simulation.scanfolder.write_simulated_scan`
     writes for ``sample`` and ``geometry`` (an upper estimate for the shipped presets)."""
     rows, cols = geometry.detector_shape
     pixels = geometry.n_projections * rows * cols
@@ -77,9 +78,9 @@ def estimate_scan_bytes(sample, geometry) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from labdct_live.io import check_output_dir, require_free_space
-    from labdct_live.scanfiles import write_simulated_scan
-    from labdct_live.simulate import SimulationOptions
+    from labdct_live.io.output import check_output_dir, require_free_space
+    from labdct_live.simulation.forward import SimulationOptions
+    from labdct_live.simulation.scanfolder import write_simulated_scan
 
     out = check_output_dir(args.out, overwrite=args.overwrite)  # before any work
     sample, geometry = build_acquisition(args)

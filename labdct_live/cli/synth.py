@@ -76,8 +76,9 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from labdct_live.io import open_frame_folder, work_folder
-    from labdct_live.presets import PRESETS
+    from labdct_live.io.frames import open_frame_folder
+    from labdct_live.io.output import work_folder
+    from labdct_live.simulation.presets import PRESETS
 
     for name in args.samples:
         if name not in PRESETS:
@@ -100,17 +101,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _synthesise(args: argparse.Namespace, out: Path, pairs_file: Path, stack) -> int:
-    from labdct_live.backgrounds import extract_backgrounds
-    from labdct_live.datasets import (
-        CropSettings,
-        ProjectionCache,
-        build_projection_cache,
-        paper_acquisitions,
-        varied_acquisitions,
-        write_pair_dataset,
-    )
-    from labdct_live.io import atomic_file
-    from labdct_live.synthesis import SynthesisConfig
+    from labdct_live.io.output import atomic_file
+    from labdct_live.training.acquisitions import paper_acquisitions, varied_acquisitions
+    from labdct_live.training.backgrounds import extract_backgrounds
+    from labdct_live.training.cache import ProjectionCache, build_projection_cache
+    from labdct_live.training.crops import CropSettings
+    from labdct_live.training.synthesis import SynthesisConfig
+    from labdct_live.training.torchdata import write_pair_dataset
 
     synth_options = {"i0": args.i0, "tau": args.tau, "target": args.target}
     if args.snr is not None:

@@ -64,12 +64,12 @@ def _settings(args: argparse.Namespace) -> dict:
         settings[key] = value if value is not None else saved.get(key, default)
     if settings["data"] is None:
         raise CLIError("--data is required: 'on-the-fly' (with --cache DIR) or a pair-dataset "
-                       "file (labdct_live.datasets.write_pair_dataset)")
+                       "file (labdct_live.training.torchdata.write_pair_dataset)")
     return settings
 
 
 def run(args: argparse.Namespace) -> int:
-    from labdct_live.io import work_folder
+    from labdct_live.io.output import work_folder
 
     s = _settings(args)
     # The run folder is resumable, so written in place; checked before the data is read.
@@ -98,8 +98,8 @@ def _train(args: argparse.Namespace, s: dict) -> int:
     if s["data"] == "on-the-fly":
         if not s["cache"]:
             raise CLIError("--data on-the-fly needs --cache DIR, a projection cache "
-                           "(labdct_live.datasets.build_projection_cache)")
-        from labdct_live.synthesis import SynthesisConfig
+                           "(labdct_live.training.cache.build_projection_cache)")
+        from labdct_live.training.synthesis import SynthesisConfig
 
         synthesis = SynthesisConfig(target=s["target"], **(
             {"median_snr_range": tuple(s["snr"])} if s["snr"] else {}))
@@ -108,7 +108,7 @@ def _train(args: argparse.Namespace, s: dict) -> int:
             val_batches=s["val_batches"], validation_fraction=s["validation_fraction"],
             chunk_steps=s["val_every"], seed=s["seed"], synthesis=synthesis)
     else:
-        from labdct_live.io import require_hdf5
+        from labdct_live.io.output import require_hdf5
 
         path = Path(s["data"])
         if not path.is_file():

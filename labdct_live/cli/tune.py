@@ -29,10 +29,11 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from labdct_live import __version__
-    from labdct_live.io import atomic_file, make_parent_folder, open_frame_folder, probe_writable
-    from labdct_live.scanfiles import SimulatedScan
-    from labdct_live.segment import RollingMedianSubtractor
-    from labdct_live.tune import tune_routine
+    from labdct_live.io.frames import open_frame_folder
+    from labdct_live.io.output import atomic_file, make_parent_folder, probe_writable
+    from labdct_live.segmentation.rolling_median import RollingMedianSubtractor
+    from labdct_live.segmentation.tune import tune_routine
+    from labdct_live.simulation.scanfolder import SimulatedScan
 
     out = Path(args.out)
     trials_csv = out.with_suffix(".trials.csv")

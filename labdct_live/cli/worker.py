@@ -25,7 +25,7 @@ def positive_int(text: str) -> int:
 
 
 def _curve_dir(args: argparse.Namespace) -> str | None:
-    from labdct_live.remote import CURVE_DIR_ENV
+    from labdct_live.live.addresses import CURVE_DIR_ENV
 
     return args.curve_dir or os.environ.get(CURVE_DIR_ENV) or None
 
@@ -48,9 +48,10 @@ class _RunLog:
 
 def run_worker(args: argparse.Namespace) -> int:
     from labdct_live.callbacks.live import LiveConfig, live_router
-    from labdct_live.catalog import connect
-    from labdct_live.io import probe_writable
-    from labdct_live.remote import endpoint, is_loopback, make_dispatcher
+    from labdct_live.catalog.client import connect
+    from labdct_live.io.output import probe_writable
+    from labdct_live.live.addresses import endpoint, is_loopback
+    from labdct_live.live.remote import make_dispatcher
 
     curve = _curve_dir(args)
     if args.spool is not None:  # a spool that can never be written is a mistake, say it now
@@ -87,7 +88,7 @@ def _interrupt(*_) -> None:
 
 
 def run_proxy(args: argparse.Namespace) -> int:
-    from labdct_live.remote import make_proxy
+    from labdct_live.live.remote import make_proxy
 
     curve = _curve_dir(args)
     proxy = make_proxy(args.input, args.output, curve=curve, insecure=args.insecure)
@@ -103,7 +104,7 @@ def run_proxy(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
-    from labdct_live.remote import CURVE_DIR_ENV, DEFAULT_IN, DEFAULT_OUT
+    from labdct_live.live.addresses import CURVE_DIR_ENV, DEFAULT_IN, DEFAULT_OUT
 
     curve_help = (f"CURVE folder (default: ${CURVE_DIR_ENV}); see `labdct-live keys` and "
                   "docs/security.md")

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from labdct_live import __version__
+from labdct_live.io.output import atomic_file
 from labdct_live.models.registry import get_model, list_models
 
 __all__ = [
@@ -137,9 +138,8 @@ def save_checkpoint(
         payload["train_state"] = _plain(train_state, "train_state")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    torch.save(payload, partial)
-    os.replace(partial, path)
+    with atomic_file(path) as partial:
+        torch.save(payload, partial)
     return path
 
 
@@ -367,7 +367,6 @@ def export_checkpoint(
             key: value.half() if value.is_floating_point() else value
             for key, value in payload["state_dict"].items()
         }
-        partial = path.with_name(f".{path.name}.partial")
-        torch.save(payload, partial)
-        os.replace(partial, path)
+        with atomic_file(path) as partial:
+            torch.save(payload, partial)
     return path

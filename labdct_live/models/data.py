@@ -1,15 +1,15 @@
-"""Training batches from :mod:`labdct_live.datasets`, indexed by step so that resume is exact.
+"""Training batches from :mod:`labdct_live.training`, indexed by step so that resume is exact.
 
 The training loop asks for the batch of step ``k``. Two sources:
 
 * on the fly (:func:`on_the_fly_batches`): crops synthesised from a projection cache by
-  :func:`labdct_live.datasets.generate_crops`. The stream is restarted from a seed derived
+  :func:`labdct_live.training.crops.generate_crops`. The stream is restarted from a seed derived
   from ``(seed, chunk)`` every ``chunk_steps`` steps (:class:`ChunkedBatches`); with
   ``chunk_steps`` equal to the validation interval, a run resumed from its last checkpoint
   draws exactly the batches the uninterrupted run would have drawn. Validation batches come
-  from projections held out of training (:func:`labdct_live.datasets.split_projections`).
+  from projections held out of training (:func:`labdct_live.training.torchdata.split_projections`).
 * a fixed dataset file (:func:`fixed_dataset_batches`): the ``train`` split of a
-  :func:`labdct_live.datasets.write_pair_dataset` file, reshuffled each epoch by a seed
+  :func:`labdct_live.training.torchdata.write_pair_dataset` file, reshuffled each epoch by a seed
   derived from ``(seed, epoch)``; validation on its ``validation`` split.
 """
 
@@ -25,6 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from labdct_live.training.cache import ProjectionCache
+from labdct_live.training.crops import CropSettings, generate_crops
+from labdct_live.training.synthesis import SynthesisConfig
+from labdct_live.training.torchdata import PairDataset, split_projections
 
 __all__ = ["ChunkedBatches", "fixed_dataset_batches", "on_the_fly_batches"]
 
@@ -151,7 +156,7 @@ def on_the_fly_batches(
     Parameters
     ----------
     cache : path-like
-        A projection cache (:func:`labdct_live.datasets.build_projection_cache`).
+        A projection cache (:func:`labdct_live.training.cache.build_projection_cache`).
     batch_size, crop_size : int
         Crops per batch and crop side (pixels).
     val_batches : int
@@ -163,7 +168,7 @@ def on_the_fly_batches(
     prefetch : int
         Training batches synthesised ahead in a background thread.
     seed : int
-    synthesis : labdct_live.synthesis.SynthesisConfig, optional
+    synthesis : labdct_live.training.synthesis.SynthesisConfig, optional
 
     Returns
     -------
@@ -173,13 +178,6 @@ def on_the_fly_batches(
     recipe : dict
         The data recipe for checkpoints.
     """
-    from labdct_live.datasets import (
-        CropSettings,
-        ProjectionCache,
-        generate_crops,
-        split_projections,
-    )
-    from labdct_live.synthesis import SynthesisConfig
 
     cache = ProjectionCache(cache)
     config = synthesis or SynthesisConfig()
@@ -224,7 +222,7 @@ def fixed_dataset_batches(
     Parameters
     ----------
     path : path-like
-        An HDF5 file written by :func:`labdct_live.datasets.write_pair_dataset`.
+        An HDF5 file written by :func:`labdct_live.training.torchdata.write_pair_dataset`.
     batch_size : int
     val_batches : int, optional
         Use only the first this many validation batches (all by default).
@@ -236,7 +234,6 @@ def fixed_dataset_batches(
     train, validation, recipe
         As :func:`on_the_fly_batches`.
     """
-    from labdct_live.datasets import PairDataset
 
     train_set = PairDataset(path, "train")
     val_set = PairDataset(path, "validation")

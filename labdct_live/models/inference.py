@@ -2,7 +2,7 @@
 
 Steps for one frame:
 
-1. Normalise the whole frame once with :func:`labdct_live.synthesis.normalize_frame`, the
+1. Normalise the whole frame once with :func:`labdct_live.training.synthesis.normalize_frame`, the
    function that made the training inputs: ``(frame - p50) / (p99 - p50)`` with the 50th and
    99th percentiles of the frame, so background sits near 0..1 and spots above it whatever
    the detector's count level; tiles of one frame share this one scale.
@@ -37,8 +37,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from labdct_live.normalization import normalize_frame
-from labdct_live.segment import threshold_segment
+from labdct_live.segmentation.normalization import normalize_frame
+from labdct_live.segmentation.threshold import threshold_segment
 
 __all__ = [
     "DEFAULT_MIN_SIZE",
@@ -156,7 +156,8 @@ class Denoiser:
     compile : bool
         ``torch.compile`` the prepared network (slow first call per tile shape).
     normalize : callable or bool
-        True: :func:`labdct_live.synthesis.normalize_frame` (``(frame - p50) / (p99 - p50)``
+        True: :func:`labdct_live.training.synthesis.normalize_frame` (``(frame - p50) / (p99 -
+        p50)``
         of the whole frame, as for the training inputs); a callable: a custom frame → float32
         normalisation; False: the frame is used as given (already normalised that way).
     """

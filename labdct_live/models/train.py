@@ -4,7 +4,7 @@ Data: ``train_data`` is either a function ``step -> (inputs, targets)`` (preferr
 run then sees exactly the batches an uninterrupted run would) or an iterable of
 ``(inputs, targets)`` batches (on resume, the batches already used are skipped by drawing
 them again). Batches are arrays or tensors of shape ``(B, H, W)`` or ``(B, 1, H, W)``: inputs
-normalised as :func:`labdct_live.synthesis.normalize_frame` does, targets in [0, 1].
+normalised as :func:`labdct_live.training.synthesis.normalize_frame` does, targets in [0, 1].
 ``val_data`` is a fixed sequence of such batches.
 
 Files in the output folder::
@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from labdct_live.io.output import atomic_file
 from labdct_live.models.checkpoint import load_checkpoint, save_checkpoint
 from labdct_live.models.inference import resolve_device
 from labdct_live.models.losses import get_loss
@@ -237,9 +238,8 @@ def _set_encoder_frozen(model: nn.Module, frozen: bool) -> None:
 
 
 def _write_json(path: Path, value: Any) -> None:
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(json.dumps(value, indent=1))
-    os.replace(partial, path)
+    with atomic_file(path) as partial:
+        partial.write_text(json.dumps(value, indent=1))
 
 
 def _plot_curves(path: Path, history: dict) -> None:
@@ -270,9 +270,8 @@ def _plot_curves(path: Path, history: dict) -> None:
         if axes.lines:
             axes.legend(fontsize=8)
     figure.tight_layout()
-    partial = path.with_name(f".{path.name}.partial.png")
-    figure.savefig(partial, dpi=100)
-    os.replace(partial, path)
+    with atomic_file(path) as partial:
+        figure.savefig(partial, dpi=100, format="png")
 
 
 def _config_matches(saved: dict, config: TrainConfig) -> list[str]:

@@ -14,7 +14,7 @@ import atexit
 import os
 from pathlib import Path
 
-from labdct_live.session import LiveSession
+from labdct_live.live.session import LiveSession
 
 session = LiveSession(
     Path(os.environ.get("LABDCT_WORKDIR", "~/labdct-live")).expanduser(),

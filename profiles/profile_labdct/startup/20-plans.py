@@ -6,6 +6,6 @@
     session.wait()   # results complete, exports written
 """
 
-from labdct_live.plans import adaptive_exposure_scan, labdct_scan  # noqa: F401
+from labdct_live.acquisition.plans import adaptive_exposure_scan, labdct_scan  # noqa: F401
 
 print("plans: labdct_scan, adaptive_exposure_scan; devices: detector, rotation")

@@ -1,0 +1,247 @@
+"""Per-frame processing methods behind one interface, for live and offline use.
+
+A method consumes frames with their scan index and returns :class:`ProcessedFrame` results:
+the binary spot mask, the spot table with per-spot SNR, and a per-frame summary. The U-Net
+method answers at once; the standard routine answers when its rolling window is complete and
+needs the frames in order, so :class:`RoutineMethod` reorders what it is given.
+
+=========  ==========================================================================
+``dl``     the shipped (or a given) U-Net, then one threshold (:mod:`labdct_live.models`)
+``routine`` the standard routine: rolling median + LoG (:mod:`labdct_live.segmentation`)
+``auto``   ``dl`` when a pretrained model is installed, ``routine`` otherwise
+=========  ==========================================================================
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from labdct_live.io.frames import FrameReadError
+from labdct_live.io.frames import check_frame as io_check_frame
+from labdct_live.segmentation.routine import RoutineParams, StandardRoutine
+from labdct_live.segmentation.snr import snr_summary, spot_snr
+from labdct_live.segmentation.spot_schema import conform_spots
+from labdct_live.segmentation.spots import label_spots, spot_table
+
+__all__ = ["ProcessedFrame", "ProcessingMethod", "DLMethod", "RoutineMethod", "make_method",
+           "METHODS", "FrameError", "check_frame"]
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("auto", "dl", "routine")
+
+#: Spots below this SNR count as weak in the per-frame summary.
+WEAK_SNR = 2.0
+
+
+#: A frame that cannot be processed (wrong shape or dtype, NaNs, corrupt).
+FrameError = FrameReadError
+
+
+def check_frame(frame: Any, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """A detector frame checked by :func:`labdct_live.io.frames.check_frame`, with a leading axis of
+    length 1 dropped and its shape checked against the scan's; raises :class:`FrameError`."""
+    try:
+        frame = np.asarray(frame)
+    except Exception as exc:  # noqa: BLE001 - any failure to make an array is a bad frame
+        raise FrameError(f"not an image: {exc}") from exc
+    if frame.ndim == 3 and frame.shape[0] == 1:
+        frame = frame[0]
+    frame = io_check_frame(frame)
+    if shape is not None and frame.shape != tuple(shape):
+        raise FrameError(f"frame shape {frame.shape} differs from the scan's {tuple(shape)}")
+    return frame
+
+
+@dataclass
+class ProcessedFrame:
+    """The result of processing one frame."""
+
+    index: int
+    binary: np.ndarray  #: uint8 {0, 1}
+    #: the spot table (:data:`labdct_live.segmentation.spot_schema.SPOT_COLUMNS`)
+    spots: pd.DataFrame
+    summary: dict  #: :func:`labdct_live.segmentation.snr.snr_summary` of the frame
+    seconds: float = 0.0  #: processing time
+    extra: dict = field(default_factory=dict)
+
+
+def _measure(index: int, frame: np.ndarray, labels: np.ndarray, exclude: np.ndarray | None,
+             intensity: np.ndarray, seconds: float) -> ProcessedFrame:
+    spots = spot_table(labels, intensity)
+    snr = spot_snr(frame, labels, exclude=exclude)
+    spots = conform_spots(spots.merge(snr[["label", "snr", "visible"]], on="label", how="left"),
+                          frame=index)
+    return ProcessedFrame(index=index, binary=(labels > 0).astype(np.uint8), spots=spots,
+                          summary=snr_summary(snr, low=WEAK_SNR), seconds=seconds)
+
+
+class ProcessingMethod:
+    """Interface: ``push(index, frame) -> [ProcessedFrame]``, ``finish() -> [...]``."""
+
+    name = "base"
+
+    def push(self, index: int, frame: np.ndarray) -> list[ProcessedFrame]:
+        raise NotImplementedError
+
+    def skip(self, index: int) -> list[ProcessedFrame]:
+        """Frame ``index`` will never come (it was bad); methods that wait for order move on."""
+        return []
+
+    def finish(self) -> list[ProcessedFrame]:
+        return []
+
+    def describe(self) -> dict:
+        """Provenance: method name, parameters, model version and hash."""
+        return {"method": self.name}
+
+
+class DLMethod(ProcessingMethod):
+    """U-Net denoising then one threshold.
+
+    Parameters
+    ----------
+    model : str, path or torch.nn.Module, optional
+        A checkpoint file or module; the shipped pretrained model when None.
+    threshold : float, optional
+        Threshold on the denoised image; the model's recommended one when None.
+    min_size : int, optional
+        Smallest spot kept (pixels); :data:`labdct_live.models.inference.DEFAULT_MIN_SIZE`
+        when None.
+    exclude : ndarray of bool, optional
+        Beam-stop mask.
+    **denoiser_options
+        Passed to :class:`labdct_live.models.inference.Denoiser` (tile, threads, device ...).
+    """
+
+    name = "dl"
+
+    def __init__(self, model=None, threshold: float | None = None,
+                 min_size: int | None = None, exclude: np.ndarray | None = None,
+                 **denoiser_options):
+        from labdct_live.models.inference import DEFAULT_MIN_SIZE, Denoiser
+
+        self.denoiser = Denoiser(model, **denoiser_options)
+        self.threshold = float(self.denoiser.threshold if threshold is None else threshold)
+        self.min_size = int(DEFAULT_MIN_SIZE if min_size is None else min_size)
+        self.exclude = exclude
+        if model is None:  # the shipped model: its file is the provenance
+            from labdct_live.models import pretrained_path
+
+            self._model_file = pretrained_path()
+        else:
+            self._model_file = model if isinstance(model, (str, Path)) else None
+
+    def push(self, index: int, frame: np.ndarray) -> list[ProcessedFrame]:
+        t0 = time.perf_counter()
+        binary, denoised = self.denoiser.segment(frame, self.threshold, min_size=self.min_size,
+                                                 exclude=self.exclude, return_denoised=True)
+        labels, _ = label_spots(binary)
+        return [_measure(index, frame, labels, self.exclude, denoised,
+                         time.perf_counter() - t0)]
+
+    def describe(self) -> dict:
+        meta = self.denoiser.metadata
+        return {"method": self.name, "threshold": self.threshold, "min_size": self.min_size,
+                "model_name": meta.get("name") or meta.get("architecture", ""),
+                "model_version": str(meta.get("package_version", "")),
+                "model_hash": meta.get("sha256", "") or _file_hash(self._model_file)}
+
+
+def _file_hash(path) -> str:
+    if path is None or not Path(path).is_file():
+        return ""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+class RoutineMethod(ProcessingMethod):
+    """The standard routine on a rolling window, fed in scan order.
+
+    Frames may arrive out of order (a spooled backlog); they wait here until every earlier
+    frame has arrived or been skipped (:meth:`skip`), because the rolling median needs its
+    neighbours in order. A skipped (bad) frame is left out of the window.
+    """
+
+    name = "routine"
+
+    def __init__(self, params: RoutineParams | None = None, exclude: np.ndarray | None = None,
+                 circular: bool = True):
+        self.params = params or RoutineParams()
+        self.exclude = exclude
+        self._routine = StandardRoutine(self.params, exclude, circular)
+        self._waiting: dict[int, np.ndarray | None] = {}  # None marks a skipped frame
+        self._frames: dict[int, np.ndarray] = {}  # raw frames until their result is out
+        self._order: list[int] = []  # scan index of the routine's n-th frame
+        self._next = 0
+
+    def push(self, index: int, frame: np.ndarray) -> list[ProcessedFrame]:
+        self._waiting[index] = frame
+        return self._advance()
+
+    def skip(self, index: int) -> list[ProcessedFrame]:
+        self._waiting[index] = None
+        return self._advance()
+
+    def _advance(self) -> list[ProcessedFrame]:
+        out = []
+        while self._next in self._waiting:
+            frame = self._waiting.pop(self._next)
+            if frame is not None:
+                out += self._feed(self._next, frame)
+            self._next += 1
+        return out
+
+    def _feed(self, index: int, frame: np.ndarray) -> list[ProcessedFrame]:
+        self._order.append(index)
+        self._frames[index] = frame
+        return self._results(self._routine.push(frame))
+
+    def finish(self) -> list[ProcessedFrame]:
+        out = []
+        if any(f is not None for f in self._waiting.values()):
+            logger.warning("frames before %s never arrived; processing the rest without them",
+                           min(self._waiting))
+        for index in sorted(self._waiting):
+            frame = self._waiting.pop(index)
+            if frame is not None:
+                out += self._feed(index, frame)
+        return out + self._results(self._routine.finish())
+
+    def _results(self, results) -> list[ProcessedFrame]:
+        out = []
+        for r in results:
+            t0 = time.perf_counter()
+            index = self._order[r.index]
+            frame = self._frames.pop(index)
+            out.append(_measure(index, frame, r.labels, self.exclude, r.image,
+                                time.perf_counter() - t0))
+        return out
+
+    def describe(self) -> dict:
+        return {"method": self.name,
+                **{f"routine_{k}": v for k, v in self.params.to_dict().items()}}
+
+
+def make_method(method: str = "auto", *, exclude: np.ndarray | None = None,
+                model=None, threshold: float | None = None,
+                routine_params: RoutineParams | None = None, **options) -> ProcessingMethod:
+    """Build a processing method by name (see the module docstring)."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if method == "auto":
+        try:
+            return DLMethod(model, threshold, exclude=exclude, **options)
+        except (FileNotFoundError, RuntimeError, ImportError) as exc:
+            logger.warning("no U-Net available (%s); processing with the standard routine", exc)
+            return RoutineMethod(routine_params, exclude)
+    if method == "dl":
+        return DLMethod(model, threshold, exclude=exclude, **options)
+    return RoutineMethod(routine_params, exclude)

@@ -1,0 +1,25 @@
+"""Training data for the denoising U-Net: backgrounds from real frames, synthesis of noisy
+inputs and targets, acquisitions, the projection cache, crops and torch datasets.
+"""
+
+from labdct_live._lazy import attach
+
+_SUBMODULES = {
+    "acquisitions": ["Acquisition", "paper_acquisitions", "varied_acquisitions"],
+    "backgrounds": ["spot_mask", "remove_spots", "extract_backgrounds"],
+    "cache": [
+        "DatasetError", "CachedProjection", "ProjectionCache", "build_projection_cache",
+        "write_projection_cache",
+    ],
+    "crops": ["CropSettings", "generate_crops"],
+    "synthesis": [
+        "SynthesisError", "TARGET_PARAMS", "NORMALIZE_PERCENTILES", "draw_r_bg",
+        "compose_clean_input", "add_noise", "synthesize_input", "spot_signal", "log_target",
+        "label_target", "make_target", "spot_statistics", "predicted_snr", "scale_for_median_snr",
+        "normalization_stats", "normalization_stride", "normalize_frame", "to_uint8",
+        "SynthesisConfig", "Pair", "make_pair", "random_acquisition",
+    ],
+    "torchdata": ["split_projections", "SyntheticPairStream", "write_pair_dataset", "PairDataset"],
+}
+
+__getattr__, __dir__, __all__ = attach(__name__, _SUBMODULES)
