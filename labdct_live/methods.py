@@ -134,7 +134,7 @@ class DLMethod(ProcessingMethod):
         self.min_size = int(DEFAULT_MIN_SIZE if min_size is None else min_size)
         self.exclude = exclude
         if model is None:  # the shipped model: its file is the provenance
-            from labdct_live.models import pretrained_path
+            from labdct_live.models.pretrained import pretrained_path
 
             self._model_file = pretrained_path()
         else:

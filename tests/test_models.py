@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 import labdct_live.models as models
+import labdct_live.models.pretrained as pretrained
 from labdct_live.models import (
     CheckpointError,
     PretrainedWeightsNotFoundError,
@@ -201,7 +202,7 @@ def test_checkpoint_errors_are_clear(tmp_path):
 
 
 def test_load_pretrained_names_what_is_missing_and_loads_shipped_file(tmp_path, monkeypatch):
-    monkeypatch.setattr(models, "WEIGHTS_DIR", tmp_path / "weights")
+    monkeypatch.setattr(pretrained, "WEIGHTS_DIR", tmp_path / "weights")
     with pytest.raises(PretrainedWeightsNotFoundError, match=r"compact_tiny\.pt is missing"):
         load_pretrained("compact_tiny")
     model = _tiny()

@@ -37,6 +37,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from labdct_live.models.checkpoint import load_model
+from labdct_live.models.pretrained import load_pretrained
 from labdct_live.segmentation.normalization import normalize_frame
 from labdct_live.segmentation.threshold import threshold_segment
 
@@ -176,12 +178,8 @@ class Denoiser:
         normalize: Callable[[np.ndarray], np.ndarray] | bool = True,
     ):
         if model is None:
-            from labdct_live.models import load_pretrained
-
             model = load_pretrained()
         elif not isinstance(model, nn.Module):
-            from labdct_live.models.checkpoint import load_model
-
             model = load_model(model)
         if precision not in _PRECISIONS:
             raise ValueError(f"precision must be one of {list(_PRECISIONS)}, got {precision!r}")
@@ -346,8 +344,6 @@ _PRETRAINED: dict[str, nn.Module] = {}
 def _denoiser(model: nn.Module | str | None, settings: dict[str, Any]) -> Denoiser:
     if model is None:
         if "default" not in _PRETRAINED:
-            from labdct_live.models import load_pretrained
-
             _PRETRAINED["default"] = load_pretrained()
         model = _PRETRAINED["default"]
     elif not isinstance(model, nn.Module):
