@@ -350,7 +350,8 @@ def friedel_shift_bound(geometry, sample_radius: float, sample_height: float | N
     ``sample_radius``, height ``sample_height``, mm) and reflection directions uniformly on
     the sphere; for every ray that reaches the detector outside the beam stop at ω and whose
     mate reaches it at ω + 180°, the distance between the mate's spot, mirrored about the beam
-    centre row, and the spot is measured exactly (ray tracing as in docs/physics.md §2).
+    centre row, and the spot is measured exactly (ray tracing as in docs/physics.md §2); the
+    mirror is :func:`friedel_mirror` (tilt included), so the bound is the off-axis part only.
 
     Parameters
     ----------
@@ -373,8 +374,6 @@ def friedel_shift_bound(geometry, sample_radius: float, sample_height: float | N
         The ``quantile`` of the mate's distance from the mirror position, pixels; NaN when
         no draw reaches the detector.
     """
-    from .backgrounds import beam_center_pixel
-
     rng = np.random.default_rng(seed)
     h = 2.0 * sample_radius if sample_height is None else sample_height
     rad = sample_radius * np.sqrt(rng.random(n))
@@ -404,9 +403,10 @@ def friedel_shift_bound(geometry, sample_radius: float, sample_height: float | N
     both = ok & ok2
     if not both.any():
         return float("nan")
-    row0, _ = beam_center_pixel(geometry)
-    d = np.hypot((2 * row0 - row2[both]) - row[both], col2[both] - col[both])
-    return float(np.quantile(d, quantile))
+    mrow, mcol = friedel_mirror(geometry)(row[both], col[both])
+    d = np.hypot(mrow - row2[both], mcol - col2[both])
+    d = d[np.isfinite(d)]
+    return float(np.quantile(d, quantile)) if len(d) else float("nan")
 
 
 @dataclass(frozen=True)
