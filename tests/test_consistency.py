@@ -261,3 +261,47 @@ def test_evaluate_no_truth_prints_the_table_and_writes_json(scan, tmp_path, caps
     # a folder whose frame count does not match the instrument's angles is refused
     (folder / "m_012.tif").write_bytes((folder / "m_000.tif").read_bytes())
     assert main(["evaluate", "--no-truth", str(folder), "--instrument", str(path)]) == 2
+
+
+# ------------------------------------------------------------ the real frames (optional)
+def test_benchmark_skips_without_the_real_frames(monkeypatch, capsys):
+    import importlib.util
+
+    monkeypatch.delenv("LABDCT_REAL_DATA", raising=False)
+    spec = importlib.util.spec_from_file_location("real_frames",
+                                                  ROOT / "benchmarks" / "real_frames.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main([]) == 0
+    assert "skipped: set LABDCT_REAL_DATA" in capsys.readouterr().out
+
+
+def test_real_iron_frames_are_friedel_consistent_with_the_example_instrument():
+    import os
+
+    folder = os.environ.get("LABDCT_REAL_DATA")
+    if not folder or not Path(folder).is_dir():
+        pytest.skip("set LABDCT_REAL_DATA to the FF_LabDCT_pure_iron folder of "
+                    "github.com/YubinZhang/Indexing_ff_LabDCT_DBB to run this test")
+    from labdct_live.io import natural_key, read_frame
+    from labdct_live.segment import remove_small_components
+
+    inst = load_instrument(EXAMPLE)
+    files = sorted(Path(folder).glob("Iron_sample_tomo-B_Export*.tiff"),
+                   key=lambda p: natural_key(p.name))
+    assert len(files) == len(inst.omegas)
+    median = np.median(np.stack([read_frame(f) for f in files[::4]]), axis=0)
+    chosen = [*range(0, 6), *range(60, 66)]  # six Friedel pairs
+    masks = []
+    for k in chosen:
+        m = read_frame(files[k]).astype(np.float32) - median > 150
+        m[inst.beamstop_mask()] = False
+        masks.append(remove_small_components(m, 3)[0])
+    result = score_scan(masks, inst.omegas[chosen], friedel_mirror(inst.geometry),
+                        exclude=inst.beamstop_mask(), static_fraction=2.0)
+    assert result.summary.n_pairs == 6
+    assert result.summary.share > 0.2 and result.summary.consistent_per_frame > 40
+    # the same masks scored with a mirror 20 rows off lose the pairs
+    off = score_scan(masks, inst.omegas[chosen], inst.beam_center[0] + 20,
+                     exclude=inst.beamstop_mask(), static_fraction=2.0)
+    assert off.summary.consistent_per_frame < 0.2 * result.summary.consistent_per_frame
