@@ -305,3 +305,30 @@ def test_real_iron_frames_are_friedel_consistent_with_the_example_instrument():
     off = score_scan(masks, inst.omegas[chosen], inst.beam_center[0] + 20,
                      exclude=inst.beamstop_mask(), static_fraction=2.0)
     assert off.summary.consistent_per_frame < 0.2 * result.summary.consistent_per_frame
+
+
+def test_segment_takes_the_beam_stop_from_the_instrument_file(tmp_path):
+    from labdct_live.cli import main
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(12):
+        frame = rng.poisson(600, (64, 64)).astype(np.uint16)
+        frame[20 + i:23 + i, 20:23] += 3000  # a spot moving inside the beam stop
+        frame[5:8, 40 + i:43 + i] += 3000  # and one outside it
+        tifffile.imwrite(frames / f"f_{i:02d}.tif", frame)
+    geometry = Geometry(lss=100, lsd=100, detector_shape=(64, 64), pixel_size=0.07,
+                        beamstop=(16, 34, 16, 34))
+    path = Instrument(geometry, omegas=np.arange(12) * 30.0).to_file(tmp_path / "i.json")
+    out = tmp_path / "masks"
+    assert main(["segment", str(frames), str(out), "--instrument", str(path)]) == 0
+    settings = json.loads((out / "segmentation.json").read_text())
+    assert settings["beamstop"] == f"--instrument {path}"
+    mask = tifffile.imread(out / "f_00.tif")
+    assert not mask[16:35, 16:35].any() and mask[5:8, 40:43].any()
+    # an instrument file for other frames is refused, naming the field
+    wrong = Instrument(geometry.with_(detector_shape=(64, 80), beamstop=(16, 34, 16, 34)),
+                       omegas=np.arange(12) * 30.0).to_file(tmp_path / "w.json")
+    assert main(["segment", str(frames), str(tmp_path / "m2"), "--instrument", str(wrong)]) == 2
+    assert not (tmp_path / "m2").exists()
