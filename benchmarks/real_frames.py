@@ -32,27 +32,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from labdct_live.consistency import (  # noqa: E402
+from labdct_live.segmentation.consistency import fit_mirror_row, score_scan, static_map
+from labdct_live.segmentation.friedel import (
     DEFAULT_CONTROL_SHIFT,
     DEFAULT_TOLERANCE,
-    fit_mirror_row,
     frame_spots,
     friedel_mirror,
     friedel_shift_bound,
-    score_scan,
-    static_map,
 )
-from labdct_live.instrument_file import load_instrument  # noqa: E402
+from labdct_live.simulation.instrument import load_instrument
 
+ROOT = Path(__file__).resolve().parents[1]
 ENV = "LABDCT_REAL_DATA"
 DEFAULT_INSTRUMENT = ROOT / "docs" / "examples" / "iron_ff_labdct.yaml"
 PATTERN = "Iron_sample_tomo-B_Export*.tiff"
@@ -60,7 +55,7 @@ THRESHOLDS = (40, 60, 80, 100, 120, 150, 200, 250, 300, 400)
 
 
 def load_frames(folder: Path) -> np.ndarray:
-    from labdct_live.io import natural_key, read_frame
+    from labdct_live.io.frames import natural_key, read_frame
 
     files = sorted(folder.glob(PATTERN), key=lambda p: natural_key(p.name))
     if not files:
@@ -90,7 +85,7 @@ def drop_static(masks: list[np.ndarray], fraction: float = 0.9) -> list[np.ndarr
 
 def routine_masks(frames: np.ndarray, exclude: np.ndarray | None, **changes
                   ) -> list[np.ndarray]:
-    from labdct_live.segment import RoutineParams, iter_standard_routine
+    from labdct_live.segmentation.routine import RoutineParams, iter_standard_routine
 
     params = RoutineParams.preset("public-code").with_(**changes)
     out: list[np.ndarray | None] = [None] * len(frames)
@@ -101,7 +96,7 @@ def routine_masks(frames: np.ndarray, exclude: np.ndarray | None, **changes
 
 def threshold_masks(residual: np.ndarray, threshold: float, exclude: np.ndarray,
                     min_size: int) -> list[np.ndarray]:
-    from labdct_live.segment import remove_small_components
+    from labdct_live.segmentation.threshold import remove_small_components
 
     out = []
     for r in residual:

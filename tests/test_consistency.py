@@ -1,5 +1,5 @@
 """The ground-truth-free quality score (labdct_live.consistency) on simulated scans, the
-instrument metadata file (labdct_live.instrument_file) and ``evaluate --no-truth``."""
+instrument metadata file (labdct_live.simulation.instrument) and ``evaluate --no-truth``."""
 
 from __future__ import annotations
 
@@ -11,29 +11,26 @@ import pytest
 import tifffile
 from scipy import ndimage
 
-from labdct_live.backgrounds import beam_center_pixel
-from labdct_live.consistency import (
-    fit_mirror_row,
+from labdct_live.acquisition.detector import scaled_geometry
+from labdct_live.segmentation.consistency import fit_mirror_row, recurrence, score_scan, static_map
+from labdct_live.segmentation.friedel import (
     frame_spots,
     friedel_match,
     friedel_mirror,
     friedel_pairs,
     friedel_shift_bound,
     mirror_about_row,
-    recurrence,
-    score_scan,
-    static_map,
 )
-from labdct_live.devices import scaled_geometry
-from labdct_live.geometry import Geometry
-from labdct_live.instrument_file import (
+from labdct_live.simulation.background import beam_center_pixel
+from labdct_live.simulation.forward import Simulator
+from labdct_live.simulation.geometry import Geometry
+from labdct_live.simulation.instrument import (
     Instrument,
     InstrumentFileError,
     instrument_from_dict,
     load_instrument,
 )
-from labdct_live.microstructure import SampleSpec, make_sample
-from labdct_live.simulate import Simulator
+from labdct_live.simulation.microstructure import SampleSpec, make_sample
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "docs" / "examples" / "iron_ff_labdct.yaml"
@@ -283,8 +280,8 @@ def test_real_iron_frames_are_friedel_consistent_with_the_example_instrument():
     if not folder or not Path(folder).is_dir():
         pytest.skip("set LABDCT_REAL_DATA to the FF_LabDCT_pure_iron folder of "
                     "github.com/YubinZhang/Indexing_ff_LabDCT_DBB to run this test")
-    from labdct_live.io import natural_key, read_frame
-    from labdct_live.segment import remove_small_components
+    from labdct_live.io.frames import natural_key, read_frame
+    from labdct_live.segmentation.threshold import remove_small_components
 
     inst = load_instrument(EXAMPLE)
     files = sorted(Path(folder).glob("Iron_sample_tomo-B_Export*.tiff"),

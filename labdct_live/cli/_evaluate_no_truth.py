@@ -13,7 +13,7 @@ import json
 import math
 from pathlib import Path
 
-from . import CLIError
+from labdct_live.cli import CLIError
 
 #: Columns of the printed per-pair table.
 PAIR_COLUMNS = ["frame_a", "frame_b", "omega_a", "omega_b", "spots_a", "static_a",
@@ -22,8 +22,12 @@ PAIR_COLUMNS = ["frame_a", "frame_b", "omega_a", "omega_b", "spots_a", "static_a
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of the ground-truth-free mode (added to ``evaluate``)."""
-    from ..consistency import DEFAULT_CONTROL_SHIFT, DEFAULT_TOLERANCE, STATIC_FRACTION
-    from ..instrument_file import add_instrument_option
+    from labdct_live.cli._instrument import add_instrument_option
+    from labdct_live.segmentation.friedel import (
+        DEFAULT_CONTROL_SHIFT,
+        DEFAULT_TOLERANCE,
+        STATIC_FRACTION,
+    )
 
     g = p.add_argument_group(
         "without ground truth (--no-truth)",
@@ -64,15 +68,11 @@ def _records(table) -> list[dict]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..consistency import (
-        fit_mirror_row,
-        frame_spots,
-        friedel_mirror,
-        score_scan,
-    )
-    from ..instrument_file import instrument_from_args
-    from ..io import open_frame_folder
-    from ..report import markdown_table
+    from labdct_live.cli._instrument import instrument_from_args
+    from labdct_live.io.frames import open_frame_folder
+    from labdct_live.segmentation.consistency import fit_mirror_row, score_scan
+    from labdct_live.segmentation.friedel import frame_spots, friedel_mirror
+    from labdct_live.segmentation.report import markdown_table
 
     if not args.instrument:
         raise CLIError("--no-truth needs --instrument FILE: the rotation angles and the beam "

@@ -81,7 +81,7 @@ def _command_line(args: argparse.Namespace) -> str:
 
 def run(args: argparse.Namespace) -> int:
     if args.no_truth:
-        from ._evaluate_no_truth import run as run_no_truth
+        from labdct_live.cli._evaluate_no_truth import run as run_no_truth
 
         return run_no_truth(args)
     if not (args.truth and args.pred):
@@ -168,7 +168,7 @@ def register(subparsers) -> None:
                    help="overlaps with IoU at or below this do not count (default 0)")
     p.add_argument("--margin", type=int, default=20,
                    help="background margin around a spot for its SNR, pixels (default 20)")
-    from ._evaluate_no_truth import add_arguments
+    from labdct_live.cli._evaluate_no_truth import add_arguments
 
     add_arguments(p)
     p.set_defaults(func=run)

@@ -220,7 +220,7 @@ def run(args: argparse.Namespace) -> int:
     if args.beamstop is not None:
         beamstop_source = "--beamstop"
     if args.instrument:
-        from ..instrument_file import instrument_from_args
+        from labdct_live.cli._instrument import instrument_from_args
 
         instrument = instrument_from_args(args, shape=stack.shape, n_frames=len(stack))
         if args.beamstop is None and instrument.beamstop is not None:
@@ -285,7 +285,7 @@ def register(subparsers) -> None:
                    help="beam-stop rectangle as ONE argument: rows R0..R1 and columns C0..C1, "
                         "inclusive, comma-separated (e.g. 544,1496,526,1487), or 'none' "
                         "(default: from scan.json for a simulated scan, else none)")
-    from ..instrument_file import add_instrument_option
+    from labdct_live.cli._instrument import add_instrument_option
 
     add_instrument_option(p)  # its beam stop, unless --beamstop is given
     p.add_argument("--overwrite", action="store_true",

@@ -33,6 +33,15 @@ _SUBMODULES = {
     "spots": ["label_spots", "as_labels", "spot_table"],
     "threshold": ["threshold_segment", "remove_small_components", "FOUR_CONNECTIVITY"],
     "tune": ["DEFAULT_GRID", "TuneResult", "tune_routine", "score_params"],
+    "friedel": [
+        "FrameSpots", "FriedelMatch", "DEFAULT_CONTROL_SHIFT", "DEFAULT_TOLERANCE",
+        "STATIC_FRACTION", "frame_spots", "friedel_match", "friedel_mirror", "friedel_pairs",
+        "friedel_shift_bound", "mirror_about_row",
+    ],
+    "consistency": [
+        "ScanConsistency", "ScanSummary", "fit_mirror_row", "recurrence", "score_scan",
+        "static_map",
+    ],
 }
 
 __getattr__, __dir__, __all__ = attach(__name__, _SUBMODULES)

@@ -28,6 +28,10 @@ _SUBMODULES = {
         "FORMAT_VERSION",
     ],
     "spectrum": ["Spectrum", "tube_spectrum", "linear_attenuation", "HC_KEV_ANGSTROM"],
+    "instrument": [
+        "Instrument", "InstrumentFileError", "load_instrument",
+        "omegas_are_uniform",
+    ],
 }
 
 __getattr__, __dir__, __all__ = attach(__name__, _SUBMODULES)

@@ -2,8 +2,8 @@
 
 A small YAML (``.yaml``/``.yml``) or JSON (``.json``) file describes the instrument that
 recorded a folder of frames, in the units and words of a beamline logbook; it maps onto the
-package's :class:`~labdct_live.geometry.Geometry` plus the list of rotation angles and the
-material. Example (``docs/examples/iron_ff_labdct.yaml``)::
+package's :class:`~labdct_live.simulation.geometry.Geometry` plus the list of rotation angles and
+the material. Example (``docs/examples/iron_ff_labdct.yaml``)::
 
     format: labdct-live instrument
     version: 1
@@ -27,12 +27,12 @@ material. Example (``docs/examples/iron_ff_labdct.yaml``)::
     source:
       tube_voltage_kv: 150
     sample:
-      material: Fe                   # a name of labdct_live.crystal.MATERIALS
+      material: Fe                   # a name of labdct_live.simulation.crystal.MATERIALS
       radius_mm: 0.5                 # optional: bounds the Friedel-mate shift
 
 Every pixel coordinate (beam centre, beam stop) is in the pixels of the stored frames,
-0-based, ``(row, col)`` as :mod:`labdct_live.geometry` addresses them; converting from 1-based
-unbinned coordinates ``u`` (MATLAB codes): ``(u - 1 - (binning - 1) / 2) / binning``.
+0-based, ``(row, col)`` as :mod:`labdct_live.simulation.geometry` addresses them; converting from
+1-based unbinned coordinates ``u`` (MATLAB codes): ``(u - 1 - (binning - 1) / 2) / binning``.
 
 :func:`load_instrument` reads a file into an :class:`Instrument`; :meth:`Instrument.to_file`
 writes one back. Errors are :class:`InstrumentFileError` naming the field
@@ -42,7 +42,6 @@ writes one back. Errors are :class:`InstrumentFileError` naming the field
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -53,16 +52,25 @@ from typing import Any
 
 import numpy as np
 
-from .geometry import Geometry, GeometryError
+from labdct_live.simulation.geometry import Geometry, GeometryError
 
-__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "Instrument", "InstrumentFileError",
-           "add_instrument_option", "instrument_from_args", "load_instrument",
-           "omegas_are_uniform"]
+__all__ = [
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "Instrument",
+    "InstrumentFileError",
+    "load_instrument",
+    "omegas_are_uniform",
+]
+
 
 #: ``format`` value of an instrument file.
 FORMAT_NAME = "labdct-live instrument"
+
+
 #: ``version`` this module reads and writes.
 FORMAT_VERSION = 1
+
 
 _SECTIONS = {
     "format": None, "version": None, "name": None, "notes": None, "frames": None,
@@ -101,7 +109,7 @@ class Instrument:
     omegas : ndarray
         Rotation angle of every frame, degrees, in frame order.
     material : str
-        Material name (:data:`labdct_live.crystal.MATERIALS`).
+        Material name (:data:`labdct_live.simulation.crystal.MATERIALS`).
     binning : int
         Physical pixels per stored pixel along each axis.
     name : str
@@ -149,7 +157,7 @@ class Instrument:
     @property
     def beam_center(self) -> tuple[float, float]:
         """Frame pixel ``(row, col)`` of the direct beam."""
-        from .backgrounds import beam_center_pixel
+        from labdct_live.simulation.background import beam_center_pixel
 
         return beam_center_pixel(self.geometry)
 
@@ -365,7 +373,7 @@ def instrument_from_dict(d: Mapping, source: str = "instrument") -> Instrument:
     omegas = _omegas(rot, "rotation")
     kvp = _number(src, "tube_voltage_kv", "source", required=False, default=140.0)
     material = smp.get("material", "Fe")
-    from .crystal import MATERIALS
+    from labdct_live.simulation.crystal import MATERIALS
 
     if material not in MATERIALS:
         raise InstrumentFileError(f"sample.material {material!r} is not known; choose one of "
@@ -450,46 +458,3 @@ def load_instrument(path: str | os.PathLike) -> Instrument:
         if not message.startswith(str(path)):
             message = f"{path}: {message}"
         raise InstrumentFileError(message) from None
-
-
-# ------------------------------------------------------------------------- command line
-def add_instrument_option(parser: argparse.ArgumentParser | Any) -> None:
-    """Add ``--instrument FILE`` to a command's parser (or argument group)."""
-    parser.add_argument(
-        "--instrument", metavar="FILE", default=None,
-        help="instrument metadata file (YAML or JSON: distances, pixel size, binning, beam "
-             "centre, beam stop, omega list, tube voltage, material; see "
-             "docs/examples/iron_ff_labdct.yaml)")
-
-
-def instrument_from_args(args: argparse.Namespace, shape: tuple[int, int] | None = None,
-                         n_frames: int | None = None) -> Instrument | None:
-    """The instrument of ``--instrument``, checked against the frames; None without it.
-
-    Parameters
-    ----------
-    args : argparse.Namespace
-        Parsed arguments with ``instrument`` (see :func:`add_instrument_option`).
-    shape : (int, int), optional
-        Frame shape the file's ``detector.shape`` must equal.
-    n_frames : int, optional
-        Number of frames the file's rotation angles must count.
-
-    Raises
-    ------
-    InstrumentFileError
-        For a bad file or one that does not describe these frames.
-    """
-    path = getattr(args, "instrument", None)
-    if not path:
-        return None
-    instrument = load_instrument(path)
-    if shape is not None and tuple(shape) != instrument.geometry.detector_shape:
-        raise InstrumentFileError(
-            f"--instrument {path}: detector.shape {list(instrument.geometry.detector_shape)} "
-            f"does not match the {shape[0]}x{shape[1]} frames")
-    if n_frames is not None and n_frames != len(instrument.omegas):
-        raise InstrumentFileError(
-            f"--instrument {path}: the rotation has {len(instrument.omegas)} angles but the "
-            f"folder has {n_frames} frames")
-    return instrument
