@@ -410,3 +410,29 @@ def test_catalog_spot_rows_have_every_column_and_equal_segments_csv(scanned, tmp
     for column in SPOT_COLUMN_NAMES:
         assert np.allclose(live[column].to_numpy(float), offline[column].to_numpy(float),
                            equal_nan=False), column
+
+
+def test_the_monitor_scores_friedel_pairs_live(scanned):
+    """Each pair of frames 180° apart is scored as soon as both are processed, as the
+    offline score scores the masks in the catalog."""
+    from labdct_live.segmentation.friedel import frame_spots, friedel_match, friedel_mirror
+
+    session, uid, _ = scanned
+    monitor = session.monitor
+    by_frames = {tuple(sorted(p["frames"])): p for p in monitor.pairs}
+    assert {(i, i + 6) for i in range(6)} <= set(by_frames)
+    assert monitor.friedel_summary()["pairs"] == len(monitor.pairs)
+    assert monitor.figure().axes[-1].get_ylabel() == "Friedel share"
+
+    binary = session.client["processed"][uid]["binary"].read()
+    geometry = session.processors[-1].geometry
+    mirror, exclude = friedel_mirror(geometry), geometry.beamstop_mask()
+    for a, b in [(1, 7), (4, 10)]:
+        spots_a, spots_b = frame_spots(binary[a]), frame_spots(binary[b])
+        forward = friedel_match(spots_a, spots_b, mirror, monitor.friedel_tolerance,
+                                exclude=exclude)
+        backward = friedel_match(spots_b, spots_a, mirror, monitor.friedel_tolerance,
+                                 exclude=exclude)
+        pair = by_frames[(a, b)]
+        assert pair["spots"] == forward.spots + backward.spots > 0
+        assert pair["consistent"] == forward.consistent + backward.consistent

@@ -89,6 +89,11 @@ def _report(session, elapsed: float, target_snr: float) -> None:
         print(f"  spots per frame {frames.n_spots.mean():.0f} (mean), median spot SNR "
               f"{frames.snr_p50.median():.2f}; advised exposure "
               f"{session.monitor.advice or float('nan'):.3g} s for SNR {target_snr:g}")
+        friedel = session.monitor.friedel_summary()
+        if friedel["pairs"]:
+            print(f"  Friedel pairs {friedel['pairs']}: {friedel['consistent_per_frame']:.0f} "
+                  f"consistent spots per frame, share {friedel['share']:.2f} "
+                  "(a ground-truth-free score, docs/real-frames.md)")
     print(f"  catalog      {session.workdir / 'catalog'}  (raw run: {uid}; "
           f"results: processed/{processor.node_key})")
     for fmt, path in session.end_of_scan.results.get(processor.node_key, {}).get(

@@ -152,7 +152,9 @@ class FriedelMatch:
     spots: int  #: components of A
     static: int  #: static spots of A (never matched)
     checkable: int  #: non-static spots of A whose mirror lands on B's detector, off the stop
-    matched: int  #: spots of A with a spot of B within the tolerance of the mirror
+    #: spots of A with a spot of B within the tolerance of the mirror (counted where the
+    #: control mirrors are on the detector too, scaled to all checkable spots)
+    matched: float
     control: float  #: the same with the control mirrors (mean of the two shifts)
 
     @property
@@ -169,6 +171,18 @@ def _count_within(tree: cKDTree | None, points: np.ndarray, tolerance: float) ->
         return 0
     dist, _ = tree.query(points, k=1, distance_upper_bound=tolerance)
     return int(np.count_nonzero(np.isfinite(dist)))
+
+
+def _checkable(points: np.ndarray, shape: tuple[int, int], exclude: np.ndarray | None
+               ) -> np.ndarray:
+    """Which points lie on the detector and, given ``exclude``, outside the beam stop."""
+    inside = ((points[:, 0] >= -0.5) & (points[:, 0] <= shape[0] - 0.5)
+              & (points[:, 1] >= -0.5) & (points[:, 1] <= shape[1] - 0.5))
+    if exclude is not None and len(points):
+        r = np.clip(np.rint(points[:, 0]).astype(int), 0, shape[0] - 1)
+        c = np.clip(np.rint(points[:, 1]).astype(int), 0, shape[1] - 1)
+        inside &= ~exclude[r, c]
+    return inside
 
 
 def friedel_match(a: FrameSpots, b: FrameSpots, center_row: float | Callable,
@@ -209,20 +223,23 @@ def friedel_match(a: FrameSpots, b: FrameSpots, center_row: float | Callable,
     points = (np.column_stack(mirror(points[:, 0], points[:, 1])) if len(points)
               else np.zeros((0, 2)))
     points = points[np.all(np.isfinite(points), axis=1)]
-    inside = ((points[:, 0] >= -0.5) & (points[:, 0] <= shape[0] - 0.5)
-              & (points[:, 1] >= -0.5) & (points[:, 1] <= shape[1] - 0.5))
-    if exclude is not None and len(points):
-        r = np.clip(np.rint(points[:, 0]).astype(int), 0, shape[0] - 1)
-        c = np.clip(np.rint(points[:, 1]).astype(int), 0, shape[1] - 1)
-        inside &= ~exclude[r, c]
-    points = points[inside]
+    shifts = [np.array([0.0, s]) for s in (control_shift, -control_shift)]
+    checkable = _checkable(points, shape, exclude)
+    # Matches and chance matches are counted on the mirrors whose control positions are on
+    # the detector too (a control off the detector finds nothing and would undercount chance
+    # matches), then scaled to all checkable mirrors.
+    both = checkable.copy()
+    for offset in shifts:
+        both &= _checkable(points + offset, shape, exclude)
+    points = points[both]
+    scale = checkable.sum() / len(points) if len(points) else 0.0
     targets = b.centroids[~b.static]
     tree = cKDTree(targets) if len(targets) else None
-    matched = _count_within(tree, points, tolerance)
-    control = 0.5 * sum(_count_within(tree, points + np.array([0.0, s]), tolerance)
-                        for s in (control_shift, -control_shift))
-    return FriedelMatch(spots=len(a), static=int(a.static.sum()), checkable=len(points),
-                        matched=matched, control=float(control))
+    matched = scale * _count_within(tree, points, tolerance)
+    control = scale * 0.5 * sum(_count_within(tree, points + offset, tolerance)
+                                for offset in shifts)
+    return FriedelMatch(spots=len(a), static=int(a.static.sum()), checkable=int(checkable.sum()),
+                        matched=float(matched), control=float(control))
 
 
 def mirror_about_row(center_row: float) -> Callable[[np.ndarray, np.ndarray],
