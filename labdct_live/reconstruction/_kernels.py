@@ -1,0 +1,183 @@
+"""Numba kernels of the forward-model indexing (private; see :mod:`.forward`).
+
+The ray of a reflection is traced by the simulator's own kernel
+(:func:`labdct_live._raytrace._laue_hit`), so the reconstruction predicts spots with exactly
+the physics that made the simulated frames (docs/physics.md §2). The kernels add the energy
+band, the detector and beam-stop tests and a look-up in a precomputed distance map.
+
+Every outer loop is a ``prange`` over independent items (orientations or position/orientation
+pairs); no two iterations write to the same memory.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from .._raytrace import HC, _laue_hit
+
+_FOUR_PI = 4.0 * np.pi
+
+
+@njit(cache=True, inline="always")
+def _predict(px, py, pz, gx, gy, gz, gn, sx, det, e_min, e_max, rows, cols, bs):
+    """Pixel of one reflection from one lab point; ``ok`` False when it is not recorded."""
+    ok, row, col, sin_t, kx, ky, kz, ox, oy, oz = _laue_hit(px, py, pz, sx, gx, gy, gz, gn,
+                                                            det)
+    if not ok:
+        return False, 0.0, 0.0
+    energy = HC * gn / (_FOUR_PI * sin_t)
+    if energy < e_min or energy > e_max:
+        return False, 0.0, 0.0
+    if row < -0.5 or col < -0.5 or row > rows - 0.5 or col > cols - 0.5:
+        return False, 0.0, 0.0
+    ri = int(np.floor(row + 0.5))
+    ci = int(np.floor(col + 0.5))
+    if bs[0] <= ri <= bs[1] and bs[2] <= ci <= bs[3]:
+        return False, 0.0, 0.0
+    return True, row, col
+
+
+@njit(cache=True, parallel=True, nogil=True)
+def coarse_scores(seed, mats, bh, gn, cos_w, sin_w, map_index, det, sx, e_min, e_max,
+                  shape, bs, polar, tt_step, eta_step, tol_units, abort_after, abort_frac,
+                  out_pred, out_match):
+    """Direction-match score of many orientations at one seed point.
+
+    A predicted spot matches when the scattering vector of the nearest segmented pixel (both
+    seen from the rotation axis) is within ``tol_units`` of the map's units (the polar map
+    holds, per frame, the angle to the nearest segmented scattering vector).
+
+    ``mats`` (O, 3, 3) orientation matrices U; ``bh`` (J, 3) B·h in the crystal frame;
+    ``cos_w, sin_w`` (F,) of the frames to use, in the order to use them; ``map_index`` (F,)
+    their rows in ``polar``. An orientation is abandoned once it has ``abort_after``
+    predictions and matches fewer than ``abort_frac`` of them.
+    """
+    n_o = mats.shape[0]
+    n_j = bh.shape[0]
+    n_f = cos_w.shape[0]
+    rows = shape[0]
+    cols = shape[1]
+    n_tt = polar.shape[1]
+    n_eta = polar.shape[2]
+    for o in prange(n_o):
+        u = mats[o]
+        n_pred = 0
+        n_match = 0
+        for f in range(n_f):
+            c = cos_w[f]
+            s = sin_w[f]
+            px = c * seed[0] - s * seed[1]
+            py = s * seed[0] + c * seed[1]
+            pz = seed[2]
+            m = map_index[f]
+            for j in range(n_j):
+                hx = u[0, 0] * bh[j, 0] + u[0, 1] * bh[j, 1] + u[0, 2] * bh[j, 2]
+                hy = u[1, 0] * bh[j, 0] + u[1, 1] * bh[j, 1] + u[1, 2] * bh[j, 2]
+                hz = u[2, 0] * bh[j, 0] + u[2, 1] * bh[j, 1] + u[2, 2] * bh[j, 2]
+                gx = c * hx - s * hy
+                gy = s * hx + c * hy
+                ok, row, col = _predict(px, py, pz, gx, gy, hz, gn[j], sx, det, e_min, e_max,
+                                        rows, cols, bs)
+                if not ok:
+                    continue
+                n_pred += 1
+                # lab point of the pixel, seen from the origin
+                du = -(col - det[14]) * det[12]
+                dv = -(row - det[13]) * det[12]
+                qx = det[0] + du * det[6] + dv * det[9]
+                qy = det[1] + du * det[7] + dv * det[10]
+                qz = det[2] + du * det[8] + dv * det[11]
+                qn = np.sqrt(qx * qx + qy * qy + qz * qz)
+                tt = np.degrees(np.arccos(min(1.0, max(-1.0, qx / qn))))
+                eta = np.degrees(np.arctan2(-qy, qz))
+                it = int(tt / tt_step)
+                if it >= n_tt:
+                    continue
+                ie = int((eta + 180.0) / eta_step) % n_eta
+                if polar[m, it, ie] <= tol_units:
+                    n_match += 1
+            if n_pred >= abort_after and n_match < abort_frac * n_pred:
+                break
+        out_pred[o] = n_pred
+        out_match[o] = n_match
+
+
+@njit(cache=True, inline="always")
+def _pair_score(x0, x1, x2, u, bh, gn, cos_w, sin_w, map_index, det, sx, e_min, e_max,
+                rows, cols, bs, dist, dist_unit, tol, inv2s2, abort_after, abort_frac):
+    """(n_pred, n_hit, soft) of one point and orientation (see :func:`pixel_scores`)."""
+    n_j = bh.shape[0]
+    n_f = cos_w.shape[0]
+    n_pred = 0
+    n_hit = 0
+    soft = 0.0
+    for f in range(n_f):
+        c = cos_w[f]
+        s = sin_w[f]
+        px = c * x0 - s * x1
+        py = s * x0 + c * x1
+        pz = x2
+        m = map_index[f]
+        for j in range(n_j):
+            hx = u[0, 0] * bh[j, 0] + u[0, 1] * bh[j, 1] + u[0, 2] * bh[j, 2]
+            hy = u[1, 0] * bh[j, 0] + u[1, 1] * bh[j, 1] + u[1, 2] * bh[j, 2]
+            hz = u[2, 0] * bh[j, 0] + u[2, 1] * bh[j, 1] + u[2, 2] * bh[j, 2]
+            gx = c * hx - s * hy
+            gy = s * hx + c * hy
+            ok, row, col = _predict(px, py, pz, gx, gy, hz, gn[j], sx, det, e_min, e_max,
+                                    rows, cols, bs)
+            if not ok:
+                continue
+            ri = min(max(int(np.floor(row + 0.5)), 0), rows - 1)
+            ci = min(max(int(np.floor(col + 0.5)), 0), cols - 1)
+            d = dist[m, ri, ci] * dist_unit
+            n_pred += 1
+            if d <= tol:
+                n_hit += 1
+            if inv2s2 > 0.0:
+                soft += np.exp(-d * d * inv2s2)
+        if abort_after > 0 and n_pred >= abort_after and n_hit < abort_frac * n_pred:
+            break
+    return n_pred, n_hit, soft
+
+
+@njit(cache=True, parallel=True, nogil=True)
+def pixel_scores(points, mats, bh, gn, cos_w, sin_w, map_index, det, sx, e_min, e_max,
+                 shape, bs, dist, dist_unit, tol, sigma, abort_after, abort_frac,
+                 out_pred, out_hit, out_soft):
+    """Forward-model completeness of (point, orientation) pairs.
+
+    ``points`` (P, 3) sample-frame positions (mm) and ``mats`` (P, 3, 3) their orientations
+    U; ``dist`` (M, H, W) uint8 distance, in ``dist_unit`` px, from each pixel to the nearest
+    segmented pixel (255 = far). A predicted spot is a hit when that distance is at most
+    ``tol`` px; ``out_soft`` adds ``exp(-d²/2σ²)`` per predicted spot (σ > 0), a smooth
+    score for the simplex. A pair is abandoned once it has ``abort_after`` predictions and
+    fewer than ``abort_frac`` of them hit (``abort_after`` <= 0: never).
+    """
+    inv2s2 = 0.5 / (sigma * sigma) if sigma > 0 else 0.0
+    for p in prange(points.shape[0]):
+        n_pred, n_hit, soft = _pair_score(
+            points[p, 0], points[p, 1], points[p, 2], mats[p], bh, gn, cos_w, sin_w,
+            map_index, det, sx, e_min, e_max, shape[0], shape[1], bs, dist, dist_unit, tol,
+            inv2s2, abort_after, abort_frac)
+        out_pred[p] = n_pred
+        out_hit[p] = n_hit
+        out_soft[p] = soft
+
+
+@njit(cache=True, nogil=True)
+def pixel_scores_serial(points, mats, bh, gn, cos_w, sin_w, map_index, det, sx, e_min, e_max,
+                        shape, bs, dist, dist_unit, tol, sigma, abort_after, abort_frac,
+                        out_pred, out_hit, out_soft):
+    """:func:`pixel_scores` on one thread: no thread start-up for a few pairs (the
+    simplex evaluates one at a time)."""
+    inv2s2 = 0.5 / (sigma * sigma) if sigma > 0 else 0.0
+    for p in range(points.shape[0]):
+        n_pred, n_hit, soft = _pair_score(
+            points[p, 0], points[p, 1], points[p, 2], mats[p], bh, gn, cos_w, sin_w,
+            map_index, det, sx, e_min, e_max, shape[0], shape[1], bs, dist, dist_unit, tol,
+            inv2s2, abort_after, abort_frac)
+        out_pred[p] = n_pred
+        out_hit[p] = n_hit
+        out_soft[p] = soft

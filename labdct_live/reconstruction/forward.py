@@ -1,0 +1,176 @@
+"""The forward model of the reconstruction: predicted spots of a (position, orientation).
+
+:class:`ForwardModel` binds a scan (frames turned into :class:`~.hitmaps.HitMaps`, ω,
+geometry, material) to the numba kernels. The ray tracing is the simulator's
+(:mod:`labdct_live._raytrace`): the Laue condition fixes the wavelength of each reflection,
+the energy must lie in the band ``[e_min, kvp - 2]`` keV, and the diffracted ray from the
+point must meet the detector outside the beam stop (docs/physics.md §2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from . import _kernels
+from .data import ScanData
+from .hitmaps import PIXEL_UNIT, HitMaps, build_hit_maps
+
+__all__ = ["ForwardModel", "Scores", "detector_vector"]
+
+
+def detector_vector(geometry) -> np.ndarray:
+    """The detector description the ray kernel reads: origin, normal, in-plane axes (y, z),
+    pixel size, centre row and column (the simulator's layout)."""
+    r = geometry._R
+    return np.array([*geometry.detector_origin, *r[:, 0], *r[:, 1], *r[:, 2],
+                     geometry.pixel_size, geometry.center[0], geometry.center[1]],
+                    dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Predicted spots, hits and the smooth score of each (point, orientation) pair."""
+
+    n_pred: np.ndarray
+    n_hit: np.ndarray
+    soft: np.ndarray
+
+    @property
+    def completeness(self) -> np.ndarray:
+        """Hits / predicted spots (0 where nothing is predicted)."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(self.n_pred > 0, self.n_hit / np.maximum(self.n_pred, 1), 0.0)
+
+
+@dataclass
+class ForwardModel:
+    """Predict and test spots of a scan.
+
+    Build it with :meth:`from_scan`. ``map_index[k]`` is the map tested for frame ``k``:
+    the identity, or a permutation for the ω-scrambled null test (:meth:`scrambled`).
+    """
+
+    scan: ScanData
+    maps: HitMaps
+    map_index: np.ndarray
+
+    def __post_init__(self) -> None:
+        g = self.scan.geometry
+        material = self.scan.material
+        refl = material.reflections
+        self._bh = np.ascontiguousarray(refl.hkl @ material.B.T, dtype=np.float64)
+        self._gn = np.ascontiguousarray(refl.g_norm, dtype=np.float64)
+        w = np.radians(self.scan.omegas)
+        self._cos = np.cos(w)
+        self._sin = np.sin(w)
+        self._det = detector_vector(g)
+        self._bs = np.array(g.beamstop if g.has_beamstop else (1, 0, 1, 0), dtype=np.int64)
+        self._shape = np.array(g.detector_shape, dtype=np.int64)
+        self._sx = -float(g.lss)
+
+    @classmethod
+    def from_scan(cls, scan: ScanData, maps: HitMaps | None = None, *,
+                  progress: bool = False) -> ForwardModel:
+        """The forward model of a scan (its distance maps are computed unless given)."""
+        maps = maps or build_hit_maps(scan.frames, scan.geometry, progress=progress)
+        return cls(scan, maps, np.arange(scan.n_frames, dtype=np.int64))
+
+    def scrambled(self, rng: np.random.Generator) -> ForwardModel:
+        """The same model tested against frames at the wrong ω (a random derangement)."""
+        n = self.scan.n_frames
+        perm = rng.permutation(n)
+        for _ in range(100):
+            if n < 2 or not np.any(perm == np.arange(n)):
+                break
+            perm = rng.permutation(n)
+        return replace(self, map_index=perm.astype(np.int64))
+
+    @property
+    def n_reflections(self) -> int:
+        """Reflections tested per frame (hkl of the material, Friedel mates included)."""
+        return len(self._gn)
+
+    def frame_order(self, frames: np.ndarray | None = None) -> np.ndarray:
+        """Frames to test, in an order that spreads ω (so a partial score is representative)."""
+        idx = np.arange(self.scan.n_frames) if frames is None else np.asarray(frames)
+        n = len(idx)
+        if n <= 2:
+            return idx
+        stride = max(1, int(round(n / 7)))
+        order = np.concatenate([np.arange(s, n, stride) for s in range(stride)])
+        return idx[order]
+
+    def coarse(self, seed: np.ndarray, mats: np.ndarray, *, tol_deg: float,
+               frames: np.ndarray | None = None, abort_after: int = 30,
+               abort_frac: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+        """Direction-match counts ``(n_pred, n_match)`` of orientations ``mats`` at ``seed``.
+
+        Parameters
+        ----------
+        seed : ndarray, shape (3,)
+            Sample-frame position (mm).
+        mats : ndarray, shape (O, 3, 3)
+            Orientation matrices U.
+        tol_deg : float
+            Largest scattering-vector angle of a match (degrees).
+        frames : ndarray of int, optional
+            Frames to use (default all).
+        abort_after, abort_frac : int, float
+            Abandon an orientation with fewer than ``abort_frac`` matches after
+            ``abort_after`` predictions.
+        """
+        order = self.frame_order(frames)
+        n_o = len(mats)
+        n_pred = np.zeros(n_o, dtype=np.int64)
+        n_match = np.zeros(n_o, dtype=np.int64)
+        tol_units = tol_deg / self.maps.polar_unit
+        _kernels.coarse_scores(
+            np.asarray(seed, np.float64), np.ascontiguousarray(mats, np.float64), self._bh,
+            self._gn, self._cos[order], self._sin[order], self.map_index[order], self._det,
+            self._sx, self.scan.e_min, self.scan.e_max, self._shape, self._bs, self.maps.polar,
+            self.maps.tt_step, self.maps.eta_step, tol_units, abort_after, abort_frac,
+            n_pred, n_match)
+        return n_pred, n_match
+
+    def score(self, points: np.ndarray, mats: np.ndarray, *, tol_px: float = 1.0,
+              sigma_px: float = 0.0, frames: np.ndarray | None = None, abort_after: int = 0,
+              abort_frac: float = 0.0) -> Scores:
+        """Forward-model completeness of (point, orientation) pairs at pixel resolution.
+
+        Parameters
+        ----------
+        points : ndarray, shape (P, 3) or (3,)
+            Sample-frame positions (mm).
+        mats : ndarray, shape (P, 3, 3) or (3, 3)
+            Orientation matrices U, one per point.
+        tol_px : float
+            A predicted spot is a hit within this distance (px) of a segmented pixel.
+        sigma_px : float
+            Width of the smooth score ``Σ exp(-d²/2σ²)`` (0: not computed).
+        frames : ndarray of int, optional
+            Frames to use (default all).
+        abort_after, abort_frac : int, float
+            Early abandon of hopeless pairs (see :func:`._kernels.pixel_scores`).
+
+        Returns
+        -------
+        Scores
+        """
+        points = np.ascontiguousarray(np.atleast_2d(points), np.float64)
+        mats = np.ascontiguousarray(np.asarray(mats, np.float64).reshape(-1, 3, 3))
+        if len(mats) == 1 and len(points) > 1:
+            mats = np.ascontiguousarray(np.broadcast_to(mats, (len(points), 3, 3)))
+        order = self.frame_order(frames)
+        n = len(points)
+        n_pred = np.zeros(n, dtype=np.int64)
+        n_hit = np.zeros(n, dtype=np.int64)
+        soft = np.zeros(n, dtype=np.float64)
+        kernel = _kernels.pixel_scores if n >= 16 else _kernels.pixel_scores_serial
+        kernel(
+            points, mats, self._bh, self._gn, self._cos[order], self._sin[order],
+            self.map_index[order], self._det, self._sx, self.scan.e_min, self.scan.e_max,
+            self._shape, self._bs, self.maps.pixel, PIXEL_UNIT, float(tol_px),
+            float(sigma_px), int(abort_after), float(abort_frac), n_pred, n_hit, soft)
+        return Scores(n_pred, n_hit, soft)
