@@ -105,13 +105,16 @@ def coarse_scores(seed, mats, bh, gn, cos_w, sin_w, map_index, det, sx, e_min, e
 
 @njit(cache=True, inline="always")
 def _pair_score(x0, x1, x2, u, bh, gn, cos_w, sin_w, map_index, det, sx, e_min, e_max,
-                rows, cols, bs, dist, dist_unit, tol, inv2s2, abort_after, abort_frac):
-    """(n_pred, n_hit, soft) of one point and orientation (see :func:`pixel_scores`)."""
+                rows, cols, bs, dist, depth, dist_unit, depth_cap, tol, inv2s2, abort_after,
+                abort_frac):
+    """(n_pred, n_hit, soft, depth) of one point and orientation (see
+    :func:`pixel_scores`)."""
     n_j = bh.shape[0]
     n_f = cos_w.shape[0]
     n_pred = 0
     n_hit = 0
     soft = 0.0
+    deep = 0.0
     for f in range(n_f):
         c = cos_w[f]
         s = sin_w[f]
@@ -137,47 +140,54 @@ def _pair_score(x0, x1, x2, u, bh, gn, cos_w, sin_w, map_index, det, sx, e_min, 
                 n_hit += 1
             if inv2s2 > 0.0:
                 soft += np.exp(-d * d * inv2s2)
+            if depth_cap > 0.0:
+                deep += min(depth[m, ri, ci] * dist_unit, depth_cap)
         if abort_after > 0 and n_pred >= abort_after and n_hit < abort_frac * n_pred:
             break
-    return n_pred, n_hit, soft
+    return n_pred, n_hit, soft, deep
 
 
 @njit(cache=True, parallel=True, nogil=True)
 def pixel_scores(points, mats, bh, gn, cos_w, sin_w, map_index, det, sx, e_min, e_max,
-                 shape, bs, dist, dist_unit, tol, sigma, abort_after, abort_frac,
-                 out_pred, out_hit, out_soft):
+                 shape, bs, dist, depth, dist_unit, depth_cap, tol, sigma, abort_after,
+                 abort_frac, out_pred, out_hit, out_soft, out_depth):
     """Forward-model completeness of (point, orientation) pairs.
 
     ``points`` (P, 3) sample-frame positions (mm) and ``mats`` (P, 3, 3) their orientations
     U; ``dist`` (M, H, W) uint8 distance, in ``dist_unit`` px, from each pixel to the nearest
-    segmented pixel (255 = far). A predicted spot is a hit when that distance is at most
-    ``tol`` px; ``out_soft`` adds ``exp(-d²/2σ²)`` per predicted spot (σ > 0), a smooth
-    score for the simplex. A pair is abandoned once it has ``abort_after`` predictions and
+    segmented pixel (255 = far) and ``depth`` (M, H, W) uint8 the distance, same unit, from
+    each segmented pixel to the nearest unsegmented one (0 outside spots). A predicted spot
+    is a hit when ``dist`` is at most ``tol`` px; ``out_soft`` adds ``exp(-d²/2σ²)`` per
+    predicted spot (σ > 0), a smooth score for the simplex; ``out_depth`` adds the depth
+    inside the spot, capped at ``depth_cap`` px (> 0), which tells apart two grains that
+    both hit every spot. A pair is abandoned once it has ``abort_after`` predictions and
     fewer than ``abort_frac`` of them hit (``abort_after`` <= 0: never).
     """
     inv2s2 = 0.5 / (sigma * sigma) if sigma > 0 else 0.0
     for p in prange(points.shape[0]):
-        n_pred, n_hit, soft = _pair_score(
+        n_pred, n_hit, soft, deep = _pair_score(
             points[p, 0], points[p, 1], points[p, 2], mats[p], bh, gn, cos_w, sin_w,
-            map_index, det, sx, e_min, e_max, shape[0], shape[1], bs, dist, dist_unit, tol,
-            inv2s2, abort_after, abort_frac)
+            map_index, det, sx, e_min, e_max, shape[0], shape[1], bs, dist, depth, dist_unit,
+            depth_cap, tol, inv2s2, abort_after, abort_frac)
         out_pred[p] = n_pred
         out_hit[p] = n_hit
         out_soft[p] = soft
+        out_depth[p] = deep
 
 
 @njit(cache=True, nogil=True)
 def pixel_scores_serial(points, mats, bh, gn, cos_w, sin_w, map_index, det, sx, e_min, e_max,
-                        shape, bs, dist, dist_unit, tol, sigma, abort_after, abort_frac,
-                        out_pred, out_hit, out_soft):
+                        shape, bs, dist, depth, dist_unit, depth_cap, tol, sigma,
+                        abort_after, abort_frac, out_pred, out_hit, out_soft, out_depth):
     """:func:`pixel_scores` on one thread: no thread start-up for a few pairs (the
     simplex evaluates one at a time)."""
     inv2s2 = 0.5 / (sigma * sigma) if sigma > 0 else 0.0
     for p in range(points.shape[0]):
-        n_pred, n_hit, soft = _pair_score(
+        n_pred, n_hit, soft, deep = _pair_score(
             points[p, 0], points[p, 1], points[p, 2], mats[p], bh, gn, cos_w, sin_w,
-            map_index, det, sx, e_min, e_max, shape[0], shape[1], bs, dist, dist_unit, tol,
-            inv2s2, abort_after, abort_frac)
+            map_index, det, sx, e_min, e_max, shape[0], shape[1], bs, dist, depth, dist_unit,
+            depth_cap, tol, inv2s2, abort_after, abort_frac)
         out_pred[p] = n_pred
         out_hit[p] = n_hit
         out_soft[p] = soft
+        out_depth[p] = deep

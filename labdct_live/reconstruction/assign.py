@@ -4,8 +4,9 @@
 A voxel tests the grains whose centre lies within a radius and takes the one with the
 highest forward-model completeness. Laue focusing makes a spot blind to moves of its source
 point along the scattering vector and along the beam, so a voxel close to a boundary can be
-fully consistent with two grains: completeness within ``tie`` of the best counts as a tie,
-and a tie goes to the grain whose centre is nearest.
+fully consistent with two grains: completeness within ``tie`` of the best counts as a tie.
+A tie goes to the grain whose centre is nearest (optionally first to the grain whose
+predicted spots lie deepest inside the segmented spots).
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ class Assignment:
 
 def assign_voxels(model: ForwardModel, points: np.ndarray, orientations: np.ndarray,
                   centres: np.ndarray, *, radius: float, threshold: float, tol_px: float,
-                  tie: float = 0.02, chunk: int = 200_000) -> Assignment:
+                  tie: float = 0.02, depth_cap: float = 0.0, chunk: int = 200_000
+                  ) -> Assignment:
     """Best grain of each voxel among the grains whose centre is within ``radius``.
 
     Parameters
@@ -55,6 +57,12 @@ def assign_voxels(model: ForwardModel, points: np.ndarray, orientations: np.ndar
         Hit tolerance (px).
     tie : float
         Completeness difference below which two grains are tied.
+    depth_cap : float
+        Tied grains are told apart by the mean depth (px, capped at this) of their
+        predicted spots inside the segmented spots: spots are wider than the grain's
+        projection (blur, segmentation), so a voxel just outside a grain still hits that
+        grain's spots, but only at their rim. 0 (default) = nearest centre only: on the
+        test scans the depth did not help (docs/reconstruction.md).
     chunk : int
         Voxel-grain pairs scored per kernel call.
 
@@ -74,19 +82,23 @@ def assign_voxels(model: ForwardModel, points: np.ndarray, orientations: np.ndar
     grn = np.fromiter((g for n in neighbours for g in n), dtype=np.int64, count=int(counts.sum()))
     # Hopeless pairs stop early: below half the threshold after 30 predictions.
     comp = np.zeros(len(vox))
+    depth = np.zeros(len(vox))
     for start in range(0, len(vox), chunk):
         sl = slice(start, start + chunk)
         s = model.score(points[vox[sl]], orientations[grn[sl]], tol_px=tol_px,
-                        abort_after=30, abort_frac=0.5 * threshold)
+                        depth_cap_px=depth_cap, abort_after=30, abort_frac=0.5 * threshold)
         comp[sl] = s.completeness
+        depth[sl] = s.mean_depth
     if len(vox) == 0:
         return Assignment(grain, best, 0)
     dist = np.linalg.norm(points[vox] - centres[grn], axis=1)
     np.maximum.at(best, vox, comp)
-    # Among pairs within `tie` of their voxel's best, take the nearest centre.
+    # Among pairs within `tie` of their voxel's best: the deepest spots (rounded to 0.1 px),
+    # then the nearest centre.
     tied = comp >= best[vox] - tie
+    key_depth = np.where(tied, -np.round(depth, 1), np.inf)
     key = np.where(tied, dist, np.inf)
-    order = np.lexsort((key, vox))
+    order = np.lexsort((key, key_depth, vox))
     first = np.ones(len(order), dtype=bool)
     first[1:] = vox[order][1:] != vox[order][:-1]
     pick = order[first]

@@ -36,6 +36,12 @@ class Scores:
     n_pred: np.ndarray
     n_hit: np.ndarray
     soft: np.ndarray
+    depth: np.ndarray  #: summed depth (px, capped) of the predicted spots inside spots
+
+    @property
+    def mean_depth(self) -> np.ndarray:
+        """Mean capped depth (px) of the predicted spots inside the segmented spots."""
+        return np.where(self.n_pred > 0, self.depth / np.maximum(self.n_pred, 1), 0.0)
 
     @property
     def completeness(self) -> np.ndarray:
@@ -135,7 +141,8 @@ class ForwardModel:
         return n_pred, n_match
 
     def score(self, points: np.ndarray, mats: np.ndarray, *, tol_px: float = 1.0,
-              sigma_px: float = 0.0, frames: np.ndarray | None = None, abort_after: int = 0,
+              sigma_px: float = 0.0, depth_cap_px: float = 0.0,
+              frames: np.ndarray | None = None, abort_after: int = 0,
               abort_frac: float = 0.0) -> Scores:
         """Forward-model completeness of (point, orientation) pairs at pixel resolution.
 
@@ -149,6 +156,8 @@ class ForwardModel:
             A predicted spot is a hit within this distance (px) of a segmented pixel.
         sigma_px : float
             Width of the smooth score ``Σ exp(-d²/2σ²)`` (0: not computed).
+        depth_cap_px : float
+            Cap of the summed depth inside spots (0: not computed).
         frames : ndarray of int, optional
             Frames to use (default all).
         abort_after, abort_frac : int, float
@@ -167,10 +176,12 @@ class ForwardModel:
         n_pred = np.zeros(n, dtype=np.int64)
         n_hit = np.zeros(n, dtype=np.int64)
         soft = np.zeros(n, dtype=np.float64)
+        deep = np.zeros(n, dtype=np.float64)
         kernel = _kernels.pixel_scores if n >= 16 else _kernels.pixel_scores_serial
         kernel(
             points, mats, self._bh, self._gn, self._cos[order], self._sin[order],
             self.map_index[order], self._det, self._sx, self.scan.e_min, self.scan.e_max,
-            self._shape, self._bs, self.maps.pixel, PIXEL_UNIT, float(tol_px),
-            float(sigma_px), int(abort_after), float(abort_frac), n_pred, n_hit, soft)
-        return Scores(n_pred, n_hit, soft)
+            self._shape, self._bs, self.maps.pixel, self.maps.depth, PIXEL_UNIT,
+            float(depth_cap_px), float(tol_px), float(sigma_px), int(abort_after),
+            float(abort_frac), n_pred, n_hit, soft, deep)
+        return Scores(n_pred, n_hit, soft, deep)

@@ -26,10 +26,20 @@ from scipy import ndimage
 
 from ..geometry import Geometry
 
-__all__ = ["HitMaps", "build_hit_maps", "pixel_distance_map", "PIXEL_UNIT"]
+__all__ = ["HitMaps", "build_hit_maps", "pixel_depth_map", "pixel_distance_map", "PIXEL_UNIT"]
 
 #: Resolution of the stored pixel distance (px per unit of the uint8 map).
 PIXEL_UNIT = 0.25
+
+
+def pixel_depth_map(frame: np.ndarray) -> np.ndarray:
+    """uint8 distance (in :data:`PIXEL_UNIT` px) from each spot pixel to the nearest
+    background pixel (0 on the background): how deep inside its spot a pixel lies."""
+    frame = np.asarray(frame, dtype=bool)
+    if not frame.any():
+        return np.zeros(frame.shape, dtype=np.uint8)
+    d = ndimage.distance_transform_edt(frame)
+    return np.minimum(np.rint(d / PIXEL_UNIT), 255).astype(np.uint8)
 
 
 def pixel_distance_map(frame: np.ndarray) -> np.ndarray:
@@ -59,6 +69,8 @@ class HitMaps:
     ----------
     pixel : ndarray of uint8, shape (n, H, W)
         Pixel distance maps, in :data:`PIXEL_UNIT` px.
+    depth : ndarray of uint8, shape (n, H, W)
+        Depth of each spot pixel inside its spot, in :data:`PIXEL_UNIT` px.
     polar : ndarray of uint8, shape (n, n_tt, n_eta)
         Polar direction maps, in ``polar_unit`` degrees of scattering-vector angle.
     tt_step, eta_step : float
@@ -68,6 +80,7 @@ class HitMaps:
     """
 
     pixel: np.ndarray
+    depth: np.ndarray
     polar: np.ndarray
     tt_step: float
     eta_step: float
@@ -76,7 +89,7 @@ class HitMaps:
     @property
     def nbytes(self) -> int:
         """Memory held by the maps (bytes)."""
-        return int(self.pixel.nbytes + self.polar.nbytes)
+        return int(self.pixel.nbytes + self.depth.nbytes + self.polar.nbytes)
 
 
 def _pixel_directions(geometry: Geometry, rows: np.ndarray, cols: np.ndarray
@@ -140,11 +153,13 @@ def build_hit_maps(frames: np.ndarray, geometry: Geometry, *, tt_step: float = 0
     n_eta = int(round(360.0 / eta_step))
     eta_step = 360.0 / n_eta
     pixel = np.empty((n,) + tuple(frames.shape[1:]), dtype=np.uint8)
+    depth = np.empty_like(pixel)
     polar = np.empty((n, n_tt, n_eta), dtype=np.uint8)
     max_deg = 254 * polar_unit
     pad = int(np.ceil(max_deg / eta_step)) + 1
     for k in tqdm(range(n), desc="distance maps", unit="frame", disable=not progress):
         pixel[k] = pixel_distance_map(frames[k])
+        depth[k] = pixel_depth_map(frames[k])
         occ = _polar_occupancy(frames[k], geometry, n_tt, n_eta, tt_step, eta_step)
         if not occ.any():
             polar[k] = 255
@@ -153,5 +168,5 @@ def build_hit_maps(frames: np.ndarray, geometry: Geometry, *, tt_step: float = 0
         d = ndimage.distance_transform_edt(~wrapped, sampling=(tt_step / 2.0, eta_step))
         d = d[:, pad:pad + n_eta]
         polar[k] = np.minimum(np.rint(d / polar_unit), 255).astype(np.uint8)
-    return HitMaps(pixel=pixel, polar=polar, tt_step=float(tt_step), eta_step=float(eta_step),
+    return HitMaps(pixel=pixel, depth=depth, polar=polar, tt_step=float(tt_step), eta_step=float(eta_step),
                    polar_unit=float(polar_unit))

@@ -53,6 +53,9 @@ class ReconstructionOptions:
         Seeds searched in the null test.
     search : SearchSettings
         Orientation search and refinement settings.
+    tie : float
+        Completeness difference below which two grains fit a voxel equally well; a tie goes
+        to the nearest grain centre.
     merge_angle : float
         Face-neighbouring grains closer than this (degrees) are merged.
     min_grain_voxels : int or None
@@ -75,6 +78,7 @@ class ReconstructionOptions:
     threshold: float | None = None
     n_null: int = 3
     search: SearchSettings = field(default_factory=SearchSettings)
+    tie: float = 0.02
     merge_angle: float = 0.5
     min_grain_voxels: int | None = None
     reseed: int = 20
@@ -271,7 +275,7 @@ def reconstruct(scan: ScanData, options: ReconstructionOptions | None = None, *,
         result = None
         for _ in range(n_iter):
             result = assign_voxels(model, points, mats, centres, radius=radius,
-                                   threshold=threshold, tol_px=settings.tol_px)
+                                   threshold=threshold, tol_px=settings.tol_px, tie=options.tie)
             n_assign_tests += result.n_tests
             for g in range(len(mats)):
                 mine = result.grain == g
@@ -315,7 +319,8 @@ def reconstruct(scan: ScanData, options: ReconstructionOptions | None = None, *,
         orphan = (labels[kk, jj, ii] == 0) & (result.grain >= 0)
         if orphan.any() and present.size:
             again = assign_voxels(model, points[orphan], mats[present], centres[present],
-                                  radius=radius, threshold=threshold, tol_px=settings.tol_px)
+                                  radius=radius, threshold=threshold, tol_px=settings.tol_px,
+                                  tie=options.tie)
             n_assign_tests += again.n_tests
             new = np.where(again.grain >= 0, present[np.maximum(again.grain, 0)] + 1, 0)
             labels[kk[orphan], jj[orphan], ii[orphan]] = new
