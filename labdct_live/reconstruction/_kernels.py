@@ -191,3 +191,107 @@ def pixel_scores_serial(points, mats, bh, gn, cos_w, sin_w, map_index, det, sx, 
         out_hit[p] = n_hit
         out_soft[p] = soft
         out_depth[p] = deep
+
+
+@njit(cache=True, parallel=True, nogil=True)
+def active_reflections(centres, mats, bh, gn, cos_w, sin_w, det, sx, sin_lo, sin_hi,
+                       sin_margin, shape, px_margin, out):
+    """Which (frame, reflection) pairs a grain may record from anywhere near its centre.
+
+    ``out[g, f, j]`` is True when reflection ``j`` of grain ``g`` (orientation ``mats[g]``)
+    at frame ``f``, traced from the grain's centre, satisfies the Laue condition with
+    ``sin θ`` within ``sin_margin`` of the band ``[sin_lo[j], sin_hi[j]]`` and meets the
+    detector plane within ``px_margin`` pixels of the frame. A point within the margin's
+    distance of the centre can only record spots of these pairs; the exact test follows.
+    """
+    n_g = centres.shape[0]
+    n_j = bh.shape[0]
+    n_f = cos_w.shape[0]
+    rows = shape[0]
+    cols = shape[1]
+    for g in prange(n_g):
+        u = mats[g]
+        for f in range(n_f):
+            c = cos_w[f]
+            s = sin_w[f]
+            px = c * centres[g, 0] - s * centres[g, 1]
+            py = s * centres[g, 0] + c * centres[g, 1]
+            pz = centres[g, 2]
+            for j in range(n_j):
+                hx = u[0, 0] * bh[j, 0] + u[0, 1] * bh[j, 1] + u[0, 2] * bh[j, 2]
+                hy = u[1, 0] * bh[j, 0] + u[1, 1] * bh[j, 1] + u[1, 2] * bh[j, 2]
+                hz = u[2, 0] * bh[j, 0] + u[2, 1] * bh[j, 1] + u[2, 2] * bh[j, 2]
+                gx = c * hx - s * hy
+                gy = s * hx + c * hy
+                # _laue_hit refuses sin θ <= 0; test the band with the margin ourselves
+                dx = px - sx
+                inv = 1.0 / np.sqrt(dx * dx + py * py + pz * pz)
+                sin_t = -(dx * gx + py * gy + pz * hz) * inv / gn[j]
+                if sin_t < sin_lo[j] - sin_margin or sin_t > sin_hi[j] + sin_margin:
+                    continue
+                if sin_t <= 1e-6:
+                    out[g, f, j] = True  # grazing: keep, the exact test decides
+                    continue
+                ok, row, col, st, kx, ky, kz, ox, oy, oz = _laue_hit(
+                    px, py, pz, sx, gx, gy, hz, gn[j], det)
+                if not ok:
+                    continue
+                if (row < -px_margin or col < -px_margin or row > rows + px_margin
+                        or col > cols + px_margin):
+                    continue
+                out[g, f, j] = True
+
+
+@njit(cache=True, parallel=True, nogil=True)
+def pixel_scores_active(points, pair_grain, mats, bh, gn, cos_w, sin_w, map_index,
+                        active_start, active_f, active_j, det, sx, e_min, e_max, shape, bs,
+                        dist, dist_unit, tol, abort_after, abort_frac, out_pred, out_hit):
+    """:func:`pixel_scores` restricted to each grain's active (frame, reflection) pairs.
+
+    Pair ``p`` tests point ``points[p]`` with grain ``g = pair_grain[p]`` (orientation
+    ``mats[g]``) on the pairs ``active_f/active_j[active_start[g]:active_start[g + 1]]``
+    (frame positions into ``cos_w``, in test order), from :func:`active_reflections`.
+    """
+    rows = shape[0]
+    cols = shape[1]
+    for p in prange(points.shape[0]):
+        g = pair_grain[p]
+        u = mats[g]
+        x0 = points[p, 0]
+        x1 = points[p, 1]
+        x2 = points[p, 2]
+        n_pred = 0
+        n_hit = 0
+        last_f = -1
+        px = 0.0
+        py = 0.0
+        c = 1.0
+        s = 0.0
+        for a in range(active_start[g], active_start[g + 1]):
+            f = active_f[a]
+            j = active_j[a]
+            if f != last_f:
+                if (abort_after > 0 and n_pred >= abort_after
+                        and n_hit < abort_frac * n_pred):
+                    break
+                c = cos_w[f]
+                s = sin_w[f]
+                px = c * x0 - s * x1
+                py = s * x0 + c * x1
+                last_f = f
+            hx = u[0, 0] * bh[j, 0] + u[0, 1] * bh[j, 1] + u[0, 2] * bh[j, 2]
+            hy = u[1, 0] * bh[j, 0] + u[1, 1] * bh[j, 1] + u[1, 2] * bh[j, 2]
+            hz = u[2, 0] * bh[j, 0] + u[2, 1] * bh[j, 1] + u[2, 2] * bh[j, 2]
+            gx = c * hx - s * hy
+            gy = s * hx + c * hy
+            ok, row, col = _predict(px, py, x2, gx, gy, hz, gn[j], sx, det, e_min, e_max,
+                                    rows, cols, bs)
+            if not ok:
+                continue
+            ri = min(max(int(np.floor(row + 0.5)), 0), rows - 1)
+            ci = min(max(int(np.floor(col + 0.5)), 0), cols - 1)
+            n_pred += 1
+            if dist[map_index[f], ri, ci] * dist_unit <= tol:
+                n_hit += 1
+        out_pred[p] = n_pred
+        out_hit[p] = n_hit

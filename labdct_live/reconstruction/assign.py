@@ -85,10 +85,16 @@ def assign_voxels(model: ForwardModel, points: np.ndarray, orientations: np.ndar
     depth = np.zeros(len(vox))
     for start in range(0, len(vox), chunk):
         sl = slice(start, start + chunk)
-        s = model.score(points[vox[sl]], orientations[grn[sl]], tol_px=tol_px,
-                        depth_cap_px=depth_cap, abort_after=30, abort_frac=0.5 * threshold)
+        if depth_cap > 0:
+            s = model.score(points[vox[sl]], orientations[grn[sl]], tol_px=tol_px,
+                            depth_cap_px=depth_cap, abort_after=30,
+                            abort_frac=0.5 * threshold)
+            depth[sl] = s.mean_depth
+        else:
+            s = model.score_grains(points[vox[sl]], grn[sl], orientations, centres,
+                                   radius * 1.05, tol_px=tol_px, abort_after=30,
+                                   abort_frac=0.5 * threshold)
         comp[sl] = s.completeness
-        depth[sl] = s.mean_depth
     if len(vox) == 0:
         return Assignment(grain, best, 0)
     dist = np.linalg.norm(points[vox] - centres[grn], axis=1)

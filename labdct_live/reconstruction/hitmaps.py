@@ -168,5 +168,5 @@ def build_hit_maps(frames: np.ndarray, geometry: Geometry, *, tt_step: float = 0
         d = ndimage.distance_transform_edt(~wrapped, sampling=(tt_step / 2.0, eta_step))
         d = d[:, pad:pad + n_eta]
         polar[k] = np.minimum(np.rint(d / polar_unit), 255).astype(np.uint8)
-    return HitMaps(pixel=pixel, depth=depth, polar=polar, tt_step=float(tt_step), eta_step=float(eta_step),
-                   polar_unit=float(polar_unit))
+    return HitMaps(pixel=pixel, depth=depth, polar=polar, tt_step=float(tt_step),
+                   eta_step=float(eta_step), polar_unit=float(polar_unit))

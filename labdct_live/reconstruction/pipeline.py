@@ -62,7 +62,10 @@ class ReconstructionOptions:
         Grains with fewer voxels are dropped; a twentieth of the expected grain volume
         (at least 4 voxels) when None.
     reseed : int
-        Extra seeds placed in the voxels left unassigned after the first assignment.
+        Extra seeds per re-seeding round, placed in regions of poorly explained voxels.
+    far_seed : float
+        Re-seeding also searches the seed points farther than this many grain sizes from
+        the centre of the grain they were assigned to.
     skip_explained : bool
         Skip seeds that an accepted grain already explains as well as its own seed (faster;
         may miss a grain whose neighbour fits its voxels equally well).
@@ -82,6 +85,7 @@ class ReconstructionOptions:
     merge_angle: float = 0.5
     min_grain_voxels: int | None = None
     reseed: int = 20
+    far_seed: float = 0.7
     skip_explained: bool = True
     low_completeness: float = 0.75
     seed: int = 0
@@ -229,6 +233,7 @@ def reconstruct(scan: ScanData, options: ReconstructionOptions | None = None, *,
 
     grains = _Grains()
     claimed = np.zeros(len(points), dtype=bool)
+    searched = np.zeros(len(points), dtype=bool)
     seed_tree = cKDTree(points[seeds])
     n_coarse_tests = 0
     n_searched = 0
@@ -245,6 +250,7 @@ def reconstruct(scan: ScanData, options: ReconstructionOptions | None = None, *,
                                      min_quick=0.5 * threshold, known=known)
         n_coarse_tests += n_tests
         n_searched += 1
+        searched[index] = True
         for cand in cands:
             if cand.completeness < threshold:
                 continue
@@ -295,6 +301,15 @@ def reconstruct(scan: ScanData, options: ReconstructionOptions | None = None, *,
         level = max(threshold, 0.9 * float(np.median(grains.completeness)))
         new_seeds = _poor_regions(result.completeness < level, (kk, jj, ii), shape, min_vox,
                                   options.reseed)
+        # Seeds far from the centre of the grain that took them: a grain whose neighbours
+        # fit its voxels as well as it does (Laue focusing) leaves such a gap.
+        mats_now, centres_now = grains.arrays()
+        owner = result.grain[seeds]
+        far = np.linalg.norm(points[seeds] - centres_now[np.maximum(owner, 0)], axis=1)
+        far_seeds = seeds[(owner >= 0) & (far > options.far_seed * grain_size)]
+        far_seeds = far_seeds[~searched[far_seeds]]
+        new_seeds = np.unique(np.concatenate([new_seeds, far_seeds]))
+        new_seeds = new_seeds[~searched[new_seeds]]
         if new_seeds.size == 0:
             break
         before = len(grains)
