@@ -34,7 +34,7 @@ from labdct_live.reconstruction import (
 )
 from labdct_live.reconstruction.output import write_reconstruction
 from labdct_live.reconstruction.readers import read_scan
-from labdct_live.scanfiles import SimulatedScan, grainmap_of, write_simulated_scan
+from labdct_live.scanfiles import SimulatedScan, write_simulated_scan
 
 N_GRAINS = 10
 
@@ -225,3 +225,22 @@ def test_cli_reconstruct_and_its_errors(scan_dir, tmp_path, capsys):
     tifffile.imwrite(frames / "a.tif", np.zeros((8, 8), np.uint8))
     assert main(["reconstruct", str(frames), "--out", str(tmp_path / "y.h5")]) == 2
     assert "no geometry" in capsys.readouterr().err
+
+
+def test_distance_maps_match_scipy():
+    from scipy import ndimage
+
+    from labdct_live.reconstruction.hitmaps import (
+        PIXEL_UNIT,
+        pixel_depth_map,
+        pixel_distance_map,
+    )
+
+    rng = np.random.default_rng(4)
+    frame = np.zeros((120, 97), bool)
+    frame[rng.integers(0, 120, 25), rng.integers(0, 97, 25)] = True
+    frame = ndimage.binary_dilation(frame, iterations=2)
+    for ours, feature in ((pixel_distance_map(frame), ~frame), (pixel_depth_map(frame), frame)):
+        theirs = np.minimum(np.rint(ndimage.distance_transform_edt(feature) / PIXEL_UNIT), 255)
+        assert np.abs(ours.astype(int) - theirs).max() <= 1  # rounding of exact halves
+    assert (pixel_distance_map(np.zeros((5, 5), bool)) == 255).all()

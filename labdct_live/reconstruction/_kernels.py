@@ -295,3 +295,58 @@ def pixel_scores_active(points, pair_grain, mats, bh, gn, cos_w, sin_w, map_inde
                 n_hit += 1
         out_pred[p] = n_pred
         out_hit[p] = n_hit
+
+
+@njit(cache=True, parallel=True, nogil=True)
+def quantized_distance(feature, unit, out):
+    """Exact Euclidean distance from every pixel to the nearest ``True`` pixel of
+    ``feature``, stored as ``min(round(d / unit), 255)`` in ``out`` (uint8).
+
+    Separable squared-distance transform (Felzenszwalb & Huttenlocher 2012): a 1-D pass
+    along the columns, then the lower envelope of parabolas along the rows; each row and
+    column runs in parallel. 255 everywhere when ``feature`` has no True pixel.
+    """
+    rows, cols = feature.shape
+    inf = 1e20
+    g = np.empty((rows, cols))
+    for c in prange(cols):
+        last = -1
+        for r in range(rows):
+            if feature[r, c]:
+                last = r
+            g[r, c] = (r - last) if last >= 0 else inf
+        last = -1
+        for r in range(rows - 1, -1, -1):
+            if feature[r, c]:
+                last = r
+            if last >= 0 and last - r < g[r, c]:
+                g[r, c] = last - r
+    for r in prange(rows):
+        f = np.empty(cols)
+        for c in range(cols):
+            f[c] = g[r, c] * g[r, c] if g[r, c] < inf else inf
+        v = np.empty(cols, dtype=np.int64)
+        z = np.empty(cols + 1)
+        k = 0
+        v[0] = 0
+        z[0] = -inf
+        z[1] = inf
+        for q in range(1, cols):
+            s = ((f[q] + q * q) - (f[v[k]] + v[k] * v[k])) / (2.0 * q - 2.0 * v[k])
+            while s <= z[k]:
+                k -= 1
+                s = ((f[q] + q * q) - (f[v[k]] + v[k] * v[k])) / (2.0 * q - 2.0 * v[k])
+            k += 1
+            v[k] = q
+            z[k] = s
+            z[k + 1] = inf
+        k = 0
+        for q in range(cols):
+            while z[k + 1] < q:
+                k += 1
+            d2 = (q - v[k]) * (q - v[k]) + f[v[k]]
+            if d2 >= inf * 0.5:
+                out[r, q] = 255
+            else:
+                val = np.sqrt(d2) / unit + 0.5
+                out[r, q] = 255 if val >= 255.0 else np.uint8(val)

@@ -3,7 +3,9 @@
 Two maps per frame (docs/reconstruction.md, "Hit test"):
 
 * **pixel map** — the Euclidean distance (px) from every pixel to the nearest segmented
-  pixel, :func:`scipy.ndimage.distance_transform_edt` of the inverted frame, stored as uint8
+  pixel (the exact distance transform of the inverted frame, as
+  :func:`scipy.ndimage.distance_transform_edt` gives it, computed by a parallel numba
+  kernel), stored as uint8
   in quarter pixels (255 = 63.75 px or more). It judges a prediction at the detector's
   resolution (refinement, voxel assignment).
 * **polar map** — every segmented pixel seen from the rotation axis as a scattering
@@ -25,6 +27,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..geometry import Geometry
+from . import _kernels
 
 __all__ = ["HitMaps", "build_hit_maps", "pixel_depth_map", "pixel_distance_map", "PIXEL_UNIT"]
 
@@ -38,8 +41,11 @@ def pixel_depth_map(frame: np.ndarray) -> np.ndarray:
     frame = np.asarray(frame, dtype=bool)
     if not frame.any():
         return np.zeros(frame.shape, dtype=np.uint8)
-    d = ndimage.distance_transform_edt(frame)
-    return np.minimum(np.rint(d / PIXEL_UNIT), 255).astype(np.uint8)
+    if frame.all():
+        return np.full(frame.shape, 255, dtype=np.uint8)
+    out = np.empty(frame.shape, dtype=np.uint8)
+    _kernels.quantized_distance(np.ascontiguousarray(~frame), PIXEL_UNIT, out)
+    return out
 
 
 def pixel_distance_map(frame: np.ndarray) -> np.ndarray:
@@ -57,8 +63,9 @@ def pixel_distance_map(frame: np.ndarray) -> np.ndarray:
     frame = np.asarray(frame, dtype=bool)
     if not frame.any():
         return np.full(frame.shape, 255, dtype=np.uint8)
-    d = ndimage.distance_transform_edt(~frame)
-    return np.minimum(np.rint(d / PIXEL_UNIT), 255).astype(np.uint8)
+    out = np.empty(frame.shape, dtype=np.uint8)
+    _kernels.quantized_distance(np.ascontiguousarray(frame), PIXEL_UNIT, out)
+    return out
 
 
 @dataclass
