@@ -78,10 +78,12 @@ class ForwardModel:
         self._sx = -float(g.lss)
 
     @classmethod
-    def from_scan(cls, scan: ScanData, maps: HitMaps | None = None, *,
+    def from_scan(cls, scan: ScanData, maps: HitMaps | None = None, *, depth: bool = False,
                   progress: bool = False) -> ForwardModel:
-        """The forward model of a scan (its distance maps are computed unless given)."""
-        maps = maps or build_hit_maps(scan.frames, scan.geometry, progress=progress)
+        """The forward model of a scan (its distance maps are computed unless given;
+        ``depth`` adds the depth maps of the optional tie-break)."""
+        maps = maps or build_hit_maps(scan.frames, scan.geometry, depth=depth,
+                                      progress=progress)
         return cls(scan, maps, np.arange(scan.n_frames, dtype=np.int64))
 
     def scrambled(self, rng: np.random.Generator) -> ForwardModel:
@@ -178,11 +180,16 @@ class ForwardModel:
         n_hit = np.zeros(n, dtype=np.int64)
         soft = np.zeros(n, dtype=np.float64)
         deep = np.zeros(n, dtype=np.float64)
+        depth = self.maps.depth
+        if depth_cap_px > 0 and depth is None:
+            raise ValueError("depth_cap_px > 0 needs depth maps: build_hit_maps(..., depth=True)")
+        if depth is None:
+            depth = np.zeros((1, 1, 1), dtype=np.uint8)
         kernel = _kernels.pixel_scores if n >= 16 else _kernels.pixel_scores_serial
         kernel(
             points, mats, self._bh, self._gn, self._cos[order], self._sin[order],
             self.map_index[order], self._det, self._sx, self.scan.e_min, self.scan.e_max,
-            self._shape, self._bs, self.maps.pixel, self.maps.depth, PIXEL_UNIT,
+            self._shape, self._bs, self.maps.pixel, depth, PIXEL_UNIT,
             float(depth_cap_px), float(tol_px), float(sigma_px), int(abort_after),
             float(abort_frac), n_pred, n_hit, soft, deep)
         return Scores(n_pred, n_hit, soft, deep)

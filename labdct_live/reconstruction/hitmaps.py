@@ -76,8 +76,9 @@ class HitMaps:
     ----------
     pixel : ndarray of uint8, shape (n, H, W)
         Pixel distance maps, in :data:`PIXEL_UNIT` px.
-    depth : ndarray of uint8, shape (n, H, W)
-        Depth of each spot pixel inside its spot, in :data:`PIXEL_UNIT` px.
+    depth : ndarray of uint8, shape (n, H, W), or None
+        Depth of each spot pixel inside its spot, in :data:`PIXEL_UNIT` px (only when
+        asked for: the optional tie-break of the voxel assignment uses it).
     polar : ndarray of uint8, shape (n, n_tt, n_eta)
         Polar direction maps, in ``polar_unit`` degrees of scattering-vector angle.
     tt_step, eta_step : float
@@ -87,7 +88,7 @@ class HitMaps:
     """
 
     pixel: np.ndarray
-    depth: np.ndarray
+    depth: np.ndarray | None
     polar: np.ndarray
     tt_step: float
     eta_step: float
@@ -96,7 +97,8 @@ class HitMaps:
     @property
     def nbytes(self) -> int:
         """Memory held by the maps (bytes)."""
-        return int(self.pixel.nbytes + self.depth.nbytes + self.polar.nbytes)
+        depth = 0 if self.depth is None else self.depth.nbytes
+        return int(self.pixel.nbytes + depth + self.polar.nbytes)
 
 
 def _pixel_directions(geometry: Geometry, rows: np.ndarray, cols: np.ndarray
@@ -132,7 +134,7 @@ def _polar_occupancy(frame: np.ndarray, geometry: Geometry, n_tt: int, n_eta: in
 
 
 def build_hit_maps(frames: np.ndarray, geometry: Geometry, *, tt_step: float = 0.1,
-                   eta_step: float = 0.2, polar_unit: float = 0.02,
+                   eta_step: float = 0.2, polar_unit: float = 0.02, depth: bool = False,
                    progress: bool = False) -> HitMaps:
     """Pixel and polar distance maps of a stack of binary frames.
 
@@ -145,6 +147,8 @@ def build_hit_maps(frames: np.ndarray, geometry: Geometry, *, tt_step: float = 0
     polar_unit : float
         Degrees of scattering-vector angle per unit of the uint8 polar map; the largest
         distance stored is 254 units (255 = farther).
+    depth : bool
+        Also compute the depth maps.
     progress : bool
         Show a progress bar.
 
@@ -160,13 +164,14 @@ def build_hit_maps(frames: np.ndarray, geometry: Geometry, *, tt_step: float = 0
     n_eta = int(round(360.0 / eta_step))
     eta_step = 360.0 / n_eta
     pixel = np.empty((n,) + tuple(frames.shape[1:]), dtype=np.uint8)
-    depth = np.empty_like(pixel)
+    depth_maps = np.empty_like(pixel) if depth else None
     polar = np.empty((n, n_tt, n_eta), dtype=np.uint8)
     max_deg = 254 * polar_unit
     pad = int(np.ceil(max_deg / eta_step)) + 1
     for k in tqdm(range(n), desc="distance maps", unit="frame", disable=not progress):
         pixel[k] = pixel_distance_map(frames[k])
-        depth[k] = pixel_depth_map(frames[k])
+        if depth_maps is not None:
+            depth_maps[k] = pixel_depth_map(frames[k])
         occ = _polar_occupancy(frames[k], geometry, n_tt, n_eta, tt_step, eta_step)
         if not occ.any():
             polar[k] = 255
@@ -175,5 +180,5 @@ def build_hit_maps(frames: np.ndarray, geometry: Geometry, *, tt_step: float = 0
         d = ndimage.distance_transform_edt(~wrapped, sampling=(tt_step / 2.0, eta_step))
         d = d[:, pad:pad + n_eta]
         polar[k] = np.minimum(np.rint(d / polar_unit), 255).astype(np.uint8)
-    return HitMaps(pixel=pixel, depth=depth, polar=polar, tt_step=float(tt_step),
+    return HitMaps(pixel=pixel, depth=depth_maps, polar=polar, tt_step=float(tt_step),
                    eta_step=float(eta_step), polar_unit=float(polar_unit))

@@ -244,7 +244,7 @@ def reconstruct(scan: ScanData, options: ReconstructionOptions | None = None, *,
         known = None
         if len(grains):
             mats, centres = grains.arrays()
-            near = np.linalg.norm(centres - points[index], axis=1) < radius
+            near = np.linalg.norm(centres - points[index], axis=1) < 3 * radius
             known = mats[near]
         cands, n_tests = search_seed(model, points[index], grid, settings,
                                      min_quick=0.5 * threshold, known=known)
@@ -283,10 +283,13 @@ def reconstruct(scan: ScanData, options: ReconstructionOptions | None = None, *,
             result = assign_voxels(model, points, mats, centres, radius=radius,
                                    threshold=threshold, tol_px=settings.tol_px, tie=options.tie)
             n_assign_tests += result.n_tests
-            for g in range(len(mats)):
-                mine = result.grain == g
-                if mine.any():
-                    centres[g] = points[mine].mean(axis=0)
+            own = result.grain >= 0
+            counts = np.bincount(result.grain[own], minlength=len(mats))
+            for axis in range(3):
+                sums = np.bincount(result.grain[own], weights=points[own, axis],
+                                   minlength=len(mats))
+                centres[:, axis] = np.where(counts > 0, sums / np.maximum(counts, 1),
+                                            centres[:, axis])
         grains.centres = list(centres)
         return result
 
