@@ -12,6 +12,8 @@ land on segmented pixels from the seed itself.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -72,6 +74,16 @@ class Candidate:
     n_pred: int  #: predicted spots (all frames)
     n_hit: int  #: predicted spots that land on a segmented pixel
     coarse_score: float  #: direction-match fraction of the grid orientation it came from
+
+
+def _threads() -> int:
+    """Threads for independent refinements: numba's thread count (the cores it uses)."""
+    try:
+        import numba
+
+        return int(numba.get_num_threads())
+    except (ImportError, AttributeError):  # pragma: no cover - numba is a dependency
+        return os.cpu_count() or 1
 
 
 def pixels_per_degree(model: ForwardModel) -> float:
@@ -201,8 +213,11 @@ def search_seed(model: ForwardModel, seed: np.ndarray, grid: np.ndarray,
     chosen = select_distinct(grid, order, settings.n_candidates, settings.candidate_separation)
     # The local grid alone says little (the spots move by many pixels per degree): every
     # candidate gets the full refinement, which lands on the orientation of a real grain.
-    full = [refine(model, grid[i], seed, settings, coarse_score=frac[i])
-            for i in chosen[: settings.n_refine]]
+    # The simplexes are independent and the kernel releases the GIL: one thread per core.
+    chosen = chosen[: settings.n_refine]
+    with ThreadPoolExecutor(max_workers=max(1, min(len(chosen), _threads()))) as pool:
+        full = list(pool.map(
+            lambda i: refine(model, grid[i], seed, settings, coarse_score=frac[i]), chosen))
     full = [c for c in full if c.completeness >= min_quick]
     return sorted(full, key=lambda c: -c.completeness), n_tests
 
