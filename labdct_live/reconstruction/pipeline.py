@@ -239,8 +239,11 @@ def reconstruct(scan: ScanData, options: ReconstructionOptions | None = None, *,
     n_searched = 0
     t2 = time.perf_counter()
 
+    search_clock = [0.0]
+
     def search_at(index: int) -> None:
         nonlocal n_coarse_tests, n_searched
+        started = time.perf_counter()
         known = None
         if len(grains):
             mats, centres = grains.arrays()
@@ -266,6 +269,7 @@ def reconstruct(scan: ScanData, options: ReconstructionOptions | None = None, *,
             if options.skip_explained:
                 claimed[near[s.completeness >= level]] = True
         claimed[index] = True
+        search_clock[0] += time.perf_counter() - started
 
     for index in tqdm(seeds, desc="search seeds", unit="seed", disable=not progress):
         if not claimed[index]:
@@ -321,7 +325,10 @@ def reconstruct(scan: ScanData, options: ReconstructionOptions | None = None, *,
         if len(grains) == before:
             break
         result = assign()
-    stats["time_assign"] = time.perf_counter() - t3
+    # re-seeding searches are counted as search, not as assignment
+    reseed_search = search_clock[0] - stats["time_search"]
+    stats["time_assign"] = time.perf_counter() - t3 - reseed_search
+    stats["time_search"] = search_clock[0]
 
     t4 = time.perf_counter()
     mats, centres = grains.arrays()
