@@ -6,8 +6,10 @@ and from orix happens here. ``misorientation_deg`` is checked against orix's in 
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from itertools import permutations, product
+from pathlib import Path
 
 import numpy as np
 from scipy.spatial.transform import Rotation
@@ -30,15 +32,38 @@ def cubic_operators() -> np.ndarray:
     return np.array(ops)
 
 
+def _cache_file(resolution_deg: float, space_group: int) -> Path:
+    from importlib.metadata import version
+
+    root = Path(os.environ.get("LABDCT_CACHE_DIR") or Path.home() / ".cache" / "labdct-live")
+    return root / "orientation-grids" / (
+        f"fz_sg{space_group}_{resolution_deg:g}deg_orix{version('orix')}.npy")
+
+
 @lru_cache(maxsize=4)
 def _grid(resolution_deg: float, space_group: int) -> np.ndarray:
+    path = _cache_file(resolution_deg, space_group)
+    try:
+        cached = np.load(path, allow_pickle=False)
+        if cached.ndim == 3 and cached.shape[1:] == (3, 3):
+            return np.ascontiguousarray(cached)
+    except (OSError, ValueError):
+        pass
     from orix.quaternion.symmetry import get_point_group
     from orix.sampling import get_sample_fundamental
 
     point_group = get_point_group(space_group, proper=True)
     rotations = get_sample_fundamental(resolution_deg, point_group=point_group)
     passive = rotations.to_matrix().reshape(-1, 3, 3)
-    return np.ascontiguousarray(np.swapaxes(passive, 1, 2))
+    grid = np.ascontiguousarray(np.swapaxes(passive, 1, 2))
+    try:  # orix takes seconds for a grid: keep it (plain .npy, no pickle)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.partial.npy")
+        np.save(tmp, grid, allow_pickle=False)
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    return grid
 
 
 def fundamental_zone_grid(resolution_deg: float, space_group: int = 225) -> np.ndarray:
@@ -54,7 +79,9 @@ def fundamental_zone_grid(resolution_deg: float, space_group: int = 225) -> np.n
     Returns
     -------
     ndarray, shape (n, 3, 3)
-        Cached per (resolution, space group); do not modify it.
+        Cached per (resolution, space group) in memory, and on disk as a plain ``.npy``
+        under ``$LABDCT_CACHE_DIR`` or ``~/.cache/labdct-live`` (orix needs seconds to
+        build a grid); do not modify it.
     """
     if not 0.25 <= resolution_deg <= 20:
         raise ValueError(f"resolution_deg must be in [0.25, 20] degrees, got {resolution_deg}")

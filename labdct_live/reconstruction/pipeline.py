@@ -218,7 +218,9 @@ def reconstruct(scan: ScanData, options: ReconstructionOptions | None = None, *,
     step = max(1, int(round(spacing / voxel)))
     seeds = _seed_indices(ijk, step, rng)
     radius = 1.5 * grain_size
+    t_grid = time.perf_counter()
     grid = fundamental_zone_grid(settings.grid_resolution, scan.material.space_group)
+    stats["time_grid"] = time.perf_counter() - t_grid
     stats.update(n_voxels=int(len(points)), n_seed_points=int(len(seeds)),
                  grid_size=int(len(grid)), voxel_size=voxel, grain_size=grain_size)
 
