@@ -35,8 +35,8 @@ class Assignment:
 
 def assign_voxels(model: ForwardModel, points: np.ndarray, orientations: np.ndarray,
                   centres: np.ndarray, *, radius: float, threshold: float, tol_px: float,
-                  tie: float = 0.02, depth_cap: float = 0.0, chunk: int = 200_000
-                  ) -> Assignment:
+                  tie: float = 0.02, depth_cap: float = 0.0, abort_level: float | None = None,
+                  chunk: int = 200_000) -> Assignment:
     """Best grain of each voxel among the grains whose centre is within ``radius``.
 
     Parameters
@@ -63,6 +63,10 @@ def assign_voxels(model: ForwardModel, points: np.ndarray, orientations: np.ndar
         projection (blur, segmentation), so a voxel just outside a grain still hits that
         grain's spots, but only at their rim. 0 (default) = nearest centre only: on the
         test scans the depth did not help (docs/reconstruction.md).
+    abort_level : float, optional
+        A pair is abandoned after 30 predicted spots when fewer than half this fraction hit
+        (default: the threshold); the grains' typical completeness is a good value: a grain
+        that cannot reach half of it cannot win the voxel.
     chunk : int
         Voxel-grain pairs scored per kernel call.
 
@@ -71,6 +75,7 @@ def assign_voxels(model: ForwardModel, points: np.ndarray, orientations: np.ndar
     Assignment
     """
     n_vox = len(points)
+    abort_level = threshold if abort_level is None else max(abort_level, threshold)
     grain = np.full(n_vox, -1, dtype=np.int64)
     best = np.zeros(n_vox)
     if len(orientations) == 0 or n_vox == 0:
@@ -88,12 +93,12 @@ def assign_voxels(model: ForwardModel, points: np.ndarray, orientations: np.ndar
         if depth_cap > 0:
             s = model.score(points[vox[sl]], orientations[grn[sl]], tol_px=tol_px,
                             depth_cap_px=depth_cap, abort_after=30,
-                            abort_frac=0.5 * threshold)
+                            abort_frac=0.5 * abort_level)
             depth[sl] = s.mean_depth
         else:
             s = model.score_grains(points[vox[sl]], grn[sl], orientations, centres,
                                    radius * 1.05, tol_px=tol_px, abort_after=30,
-                                   abort_frac=0.5 * threshold)
+                                   abort_frac=0.5 * abort_level)
         comp[sl] = s.completeness
     if len(vox) == 0:
         return Assignment(grain, best, 0)

@@ -287,7 +287,8 @@ def reconstruct(scan: ScanData, options: ReconstructionOptions | None = None, *,
         result = None
         for _ in range(n_iter):
             result = assign_voxels(model, points, mats, centres, radius=radius,
-                                   threshold=threshold, tol_px=settings.tol_px, tie=options.tie)
+                                   threshold=threshold, tol_px=settings.tol_px, tie=options.tie,
+                                   abort_level=float(np.median(grains.completeness)))
             n_assign_tests += result.n_tests
             own = result.grain >= 0
             counts = np.bincount(result.grain[own], minlength=len(mats))
