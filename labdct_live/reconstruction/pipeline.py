@@ -1,0 +1,432 @@
+"""Reconstruct a grain map from binary frames: the steps of docs/reconstruction.md in order."""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+from scipy.spatial import cKDTree
+
+from ..grainmap import GrainMap, matrix_to_bunge
+from .assign import assign_voxels, drop_small_grains, merge_grains
+from .data import ReconstructionError, ScanData
+from .forward import ForwardModel
+from .orientations import fundamental_zone_grid, misorientation_deg
+from .search import SearchSettings, null_threshold, search_seed
+
+__all__ = ["LowCompletenessWarning", "ReconstructionOptions", "ReconstructionResult",
+           "reconstruct", "GRAIN_COLUMNS"]
+
+logger = logging.getLogger(__name__)
+
+#: Columns of the per-grain table.
+GRAIN_COLUMNS = ["grain_id", "x", "y", "z", "n_voxels", "volume", "diameter", "phi1", "Phi",
+                 "phi2", "completeness", "voxel_completeness", "spots_predicted",
+                 "spots_matched"]
+
+
+class LowCompletenessWarning(UserWarning):
+    """The reconstructed grains explain few of their predicted spots: the geometry, the ω
+    or the segmentation is probably wrong."""
+
+
+@dataclass(frozen=True)
+class ReconstructionOptions:
+    """Settings of :func:`reconstruct`.
+
+    Parameters
+    ----------
+    voxel_size : float or None
+        Edge of the output voxels (mm); the scan's (``scan.extra["voxel_size"]``) or 5 µm.
+    grain_size : float or None
+        Expected mean grain diameter (mm), which sets the seed spacing and the search
+        radius; from the scan's metadata when known, else 30 µm.
+    seed_spacing : float or None
+        Distance between seed points (mm); half the grain size when None.
+    threshold : float or None
+        Least completeness of a grain; from the ω-scrambled null test when None.
+    n_null : int
+        Seeds searched in the null test.
+    search : SearchSettings
+        Orientation search and refinement settings.
+    tie : float
+        Completeness difference below which two grains fit a voxel equally well; a tie goes
+        to the nearest grain centre.
+    merge_angle : float
+        Face-neighbouring grains closer than this (degrees) are merged.
+    min_grain_voxels : int or None
+        Grains with fewer voxels are dropped; a twentieth of the expected grain volume
+        (at least 4 voxels) when None.
+    reseed : int
+        Extra seeds per re-seeding round, placed in regions of poorly explained voxels.
+    far_seed : float
+        Re-seeding also searches the seed points farther than this many grain sizes from
+        the centre of the grain they were assigned to.
+    skip_explained : bool
+        Skip seeds that an accepted grain already explains as well as its own seed (faster;
+        may miss a grain whose neighbour fits its voxels equally well).
+    low_completeness : float
+        A warning is issued when the grains' median completeness is below this.
+    seed : int
+        Random seed (seed order, null test).
+    """
+
+    voxel_size: float | None = None
+    grain_size: float | None = None
+    seed_spacing: float | None = None
+    threshold: float | None = None
+    n_null: int = 3
+    search: SearchSettings = field(default_factory=SearchSettings)
+    tie: float = 0.02
+    merge_angle: float = 0.5
+    min_grain_voxels: int | None = None
+    reseed: int = 20
+    far_seed: float = 0.7
+    skip_explained: bool = True
+    low_completeness: float = 0.75
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        """Plain-python description (for the output's metadata)."""
+        return asdict(self)
+
+
+@dataclass
+class ReconstructionResult:
+    """What :func:`reconstruct` found.
+
+    Attributes
+    ----------
+    grainmap : GrainMap
+        The grain map (per-voxel completeness, sample mask).
+    grains : pandas.DataFrame
+        One row per grain (:data:`GRAIN_COLUMNS`): centroid (mm), voxels, volume (mm³),
+        equivalent diameter (mm), Bunge angles (degrees), completeness at the centroid,
+        mean completeness of its voxels, spots predicted and matched at the centroid.
+    threshold : float
+        Acceptance threshold used.
+    null_completeness : ndarray
+        Best completeness of each null-test seed.
+    stats : dict
+        Counts and timings (seconds) of the stages.
+    """
+
+    grainmap: GrainMap
+    grains: pd.DataFrame
+    threshold: float
+    null_completeness: np.ndarray
+    stats: dict
+
+
+def _grain_size(scan: ScanData, options: ReconstructionOptions) -> float:
+    if options.grain_size is not None:
+        return float(options.grain_size)
+    n = scan.extra.get("n_grains")
+    if n:
+        env = scan.envelope
+        volume = np.pi * (env.diameter / 2) ** 2 * env.height
+        return float((6 * volume / (np.pi * n)) ** (1 / 3))
+    return 0.030
+
+
+def _seed_indices(ijk: np.ndarray, step: int, rng: np.random.Generator) -> np.ndarray:
+    """Voxels on a lattice of ``step`` voxels (offset to the middle), in random order."""
+    offset = step // 2
+    on = np.all((ijk - offset) % step == 0, axis=1)
+    idx = np.flatnonzero(on)
+    if idx.size == 0:
+        idx = np.arange(len(ijk))
+    return rng.permutation(idx)
+
+
+class _Grains:
+    """The growing list of accepted grains."""
+
+    def __init__(self) -> None:
+        self.orientations: list[np.ndarray] = []
+        self.centres: list[np.ndarray] = []
+        self.completeness: list[float] = []
+
+    def __len__(self) -> int:
+        return len(self.orientations)
+
+    def duplicate(self, u: np.ndarray, centre: np.ndarray, radius: float, angle: float) -> bool:
+        if not self.orientations:
+            return False
+        mis = misorientation_deg(np.array(self.orientations), u)
+        dist = np.linalg.norm(np.array(self.centres) - centre, axis=1)
+        return bool(np.any((mis < angle) & (dist < radius)))
+
+    def add(self, u: np.ndarray, centre: np.ndarray, completeness: float) -> None:
+        self.orientations.append(np.asarray(u, float))
+        self.centres.append(np.asarray(centre, float))
+        self.completeness.append(float(completeness))
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        return (np.array(self.orientations).reshape(-1, 3, 3),
+                np.array(self.centres).reshape(-1, 3))
+
+
+def reconstruct(scan: ScanData, options: ReconstructionOptions | None = None, *,
+                progress: bool = False, model: ForwardModel | None = None
+                ) -> ReconstructionResult:
+    """Reconstruct the grain map of a scan by forward-model indexing.
+
+    Parameters
+    ----------
+    scan : ScanData
+        Binary frames, ω, geometry, material and sample envelope.
+    options : ReconstructionOptions, optional
+    progress : bool
+        Show progress bars (tqdm).
+    model : ForwardModel, optional
+        A forward model of ``scan`` built earlier (its distance maps are reused).
+
+    Returns
+    -------
+    ReconstructionResult
+
+    Warns
+    -----
+    LowCompletenessWarning
+        When no grain is found or the grains' median completeness is below
+        ``options.low_completeness``.
+    """
+    from tqdm.auto import tqdm
+
+    options = options or ReconstructionOptions()
+    settings = options.search
+    rng = np.random.default_rng(options.seed)
+    stats: dict = {}
+    t0 = time.perf_counter()
+    model = model or ForwardModel.from_scan(scan, progress=progress)
+    stats["time_maps"] = time.perf_counter() - t0
+
+    voxel = float(options.voxel_size or scan.extra.get("voxel_size") or 0.005)
+    grain_size = _grain_size(scan, options)
+    shape, origin, mask = scan.envelope.grid(voxel)
+    kk, jj, ii = np.nonzero(mask)
+    if kk.size == 0:
+        raise ReconstructionError("the sample mask holds no voxel")
+    ijk = np.stack([ii, jj, kk], axis=1)
+    points = origin + ijk * voxel
+    spacing = float(options.seed_spacing or grain_size / 2)
+    step = max(1, int(round(spacing / voxel)))
+    seeds = _seed_indices(ijk, step, rng)
+    radius = 1.5 * grain_size
+    t_grid = time.perf_counter()
+    grid = fundamental_zone_grid(settings.grid_resolution, scan.material.space_group)
+    stats["time_grid"] = time.perf_counter() - t_grid
+    stats.update(n_voxels=int(len(points)), n_seed_points=int(len(seeds)),
+                 grid_size=int(len(grid)), voxel_size=voxel, grain_size=grain_size)
+
+    t1 = time.perf_counter()
+    if options.threshold is None:
+        null_seeds = points[seeds[: options.n_null]]
+        threshold, null = null_threshold(model, null_seeds, grid, settings, rng)
+    else:
+        threshold, null = float(options.threshold), np.zeros(0)
+    stats["time_null"] = time.perf_counter() - t1
+    logger.info("acceptance threshold %.3f (null: %s)", threshold, np.round(null, 3))
+
+    grains = _Grains()
+    claimed = np.zeros(len(points), dtype=bool)
+    searched = np.zeros(len(points), dtype=bool)
+    seed_tree = cKDTree(points[seeds])
+    n_coarse_tests = 0
+    n_searched = 0
+    t2 = time.perf_counter()
+
+    search_clock = [0.0]
+
+    def search_at(index: int) -> None:
+        nonlocal n_coarse_tests, n_searched
+        started = time.perf_counter()
+        known = None
+        if len(grains):
+            mats, centres = grains.arrays()
+            near = np.linalg.norm(centres - points[index], axis=1) < 3 * radius
+            known = mats[near]
+        cands, n_tests = search_seed(model, points[index], grid, settings,
+                                     min_quick=0.5 * threshold, known=known)
+        n_coarse_tests += n_tests
+        n_searched += 1
+        searched[index] = True
+        for cand in cands:
+            if cand.completeness < threshold:
+                continue
+            near = seeds[seed_tree.query_ball_point(cand.position, r=radius)]
+            s = model.score(points[near], cand.orientation, tol_px=settings.tol_px)
+            ok = near[s.completeness >= threshold]
+            centre = points[ok].mean(axis=0) if ok.size else cand.position
+            if grains.duplicate(cand.orientation, centre, 2 * radius, 1.0):
+                continue
+            grains.add(cand.orientation, centre, cand.completeness)
+            # Seeds this grain explains as well as its own seed need no search.
+            level = max(threshold, cand.completeness - 0.05)
+            if options.skip_explained:
+                claimed[near[s.completeness >= level]] = True
+        claimed[index] = True
+        search_clock[0] += time.perf_counter() - started
+
+    for index in tqdm(seeds, desc="search seeds", unit="seed", disable=not progress):
+        if not claimed[index]:
+            search_at(int(index))
+    stats["time_search"] = time.perf_counter() - t2
+
+    t3 = time.perf_counter()
+    n_assign_tests = 0
+
+    def assign(n_iter: int = 2):
+        nonlocal n_assign_tests
+        mats, centres = grains.arrays()
+        result = None
+        for _ in range(n_iter):
+            result = assign_voxels(model, points, mats, centres, radius=radius,
+                                   threshold=threshold, tol_px=settings.tol_px, tie=options.tie,
+                                   abort_level=float(np.median(grains.completeness)))
+            n_assign_tests += result.n_tests
+            own = result.grain >= 0
+            counts = np.bincount(result.grain[own], minlength=len(mats))
+            for axis in range(3):
+                sums = np.bincount(result.grain[own], weights=points[own, axis],
+                                   minlength=len(mats))
+                centres[:, axis] = np.where(counts > 0, sums / np.maximum(counts, 1),
+                                            centres[:, axis])
+        grains.centres = list(centres)
+        return result
+
+    result = assign()
+    # Re-seed regions of poorly explained voxels (twice at most): one seed per region of at
+    # least min_vox voxels, at its most interior voxel.
+    expected = np.pi / 6 * grain_size**3 / voxel**3
+    min_vox = options.min_grain_voxels or max(4, int(0.05 * expected))
+    for _ in range(2 if options.reseed else 0):
+        if not len(grains):
+            break
+        level = max(threshold, 0.9 * float(np.median(grains.completeness)))
+        new_seeds = _poor_regions(result.completeness < level, (kk, jj, ii), shape, min_vox,
+                                  options.reseed)
+        # Seeds far from the centre of the grain that took them: a grain whose neighbours
+        # fit its voxels as well as it does (Laue focusing) leaves such a gap.
+        mats_now, centres_now = grains.arrays()
+        owner = result.grain[seeds]
+        far = np.linalg.norm(points[seeds] - centres_now[np.maximum(owner, 0)], axis=1)
+        far_seeds = seeds[(owner >= 0) & (far > options.far_seed * grain_size)]
+        far_seeds = far_seeds[~searched[far_seeds]]
+        new_seeds = np.unique(np.concatenate([new_seeds, far_seeds]))
+        new_seeds = new_seeds[~searched[new_seeds]]
+        if new_seeds.size == 0:
+            break
+        before = len(grains)
+        for index in new_seeds:
+            search_at(int(index))
+        if len(grains) == before:
+            break
+        result = assign()
+    # re-seeding searches are counted as search, not as assignment
+    reseed_search = search_clock[0] - stats["time_search"]
+    stats["time_assign"] = time.perf_counter() - t3 - reseed_search
+    stats["time_search"] = search_clock[0]
+
+    t4 = time.perf_counter()
+    mats, centres = grains.arrays()
+    labels = np.zeros(shape, dtype=np.int64)
+    comp_volume = np.zeros(shape, dtype=np.float32)
+    if len(grains):
+        labels[kk, jj, ii] = result.grain + 1
+        comp_volume[kk, jj, ii] = result.completeness
+        labels, _ = merge_grains(labels, mats, options.merge_angle)
+        labels, _ = drop_small_grains(labels, min_vox)
+        # Voxels of dropped grains go to the best surviving grain.
+        present = np.unique(labels[labels > 0]) - 1
+        orphan = (labels[kk, jj, ii] == 0) & (result.grain >= 0)
+        if orphan.any() and present.size:
+            again = assign_voxels(model, points[orphan], mats[present], centres[present],
+                                  radius=radius, threshold=threshold, tol_px=settings.tol_px,
+                                  tie=options.tie)
+            n_assign_tests += again.n_tests
+            new = np.where(again.grain >= 0, present[np.maximum(again.grain, 0)] + 1, 0)
+            labels[kk[orphan], jj[orphan], ii[orphan]] = new
+            comp_volume[kk[orphan], jj[orphan], ii[orphan]] = again.completeness
+    # consecutive ids 1..n
+    present = np.unique(labels[labels > 0])
+    relabel = np.zeros(len(mats) + 2, dtype=np.int64)
+    relabel[present] = np.arange(1, len(present) + 1)
+    ids = relabel[labels].astype(np.int32)
+    orientations = np.concatenate([np.eye(3)[None], mats[present - 1]]) if present.size else \
+        np.eye(3)[None]
+    table = _grain_table(model, ids, orientations, comp_volume, origin, voxel,
+                         settings.tol_px)
+    stats["time_finish"] = time.perf_counter() - t4
+    stats.update(n_searched_seeds=n_searched, n_candidate_grains=len(grains),
+                 n_grains=int(len(present)), coarse_tests=int(n_coarse_tests),
+                 assign_tests=int(n_assign_tests), time_total=time.perf_counter() - t0)
+    stats["threshold"] = threshold
+
+    grainmap = GrainMap.from_grain_ids(
+        ids, voxel, orientations, phase_ids=1, phases=[scan.material.phase],
+        center=(0.0, 0.0, 0.0), completeness=comp_volume, mask=mask.astype(np.uint8))
+    grainmap.metadata.update(source=scan.source, threshold=threshold,
+                             options=options.to_dict())
+    median = float(table["completeness"].median()) if len(table) else 0.0
+    stats["median_completeness"] = median
+    if len(table) == 0 or median < options.low_completeness:
+        warnings.warn(
+            f"low completeness: {len(table)} grains, median completeness {median:.2f} "
+            f"(threshold {threshold:.2f}); the geometry, the rotation angles or the "
+            "segmentation are probably wrong", LowCompletenessWarning, stacklevel=2)
+    return ReconstructionResult(grainmap, table, threshold, null, stats)
+
+
+def _poor_regions(poor: np.ndarray, kji: tuple[np.ndarray, ...], shape: tuple[int, ...],
+                  min_voxels: int, limit: int) -> np.ndarray:
+    """Indices (into the mask's voxel list) of one seed per connected poor region."""
+    from scipy import ndimage
+
+    volume = np.zeros(shape, dtype=bool)
+    volume[kji] = poor
+    regions, n = ndimage.label(volume)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    sizes = np.bincount(regions.ravel())[1:]
+    depth = ndimage.distance_transform_edt(volume)
+    index_of = np.full(shape, -1, dtype=np.int64)
+    index_of[kji] = np.arange(len(poor))
+    seeds = []
+    for label in np.argsort(-sizes)[:limit] + 1:
+        if sizes[label - 1] < min_voxels:
+            break
+        inside = np.flatnonzero(regions.ravel() == label)
+        best = inside[np.argmax(depth.ravel()[inside])]
+        seeds.append(index_of.ravel()[best])
+    return np.asarray(seeds, dtype=np.int64)
+
+
+def _grain_table(model: ForwardModel, ids: np.ndarray, orientations: np.ndarray,
+                 completeness: np.ndarray, origin: np.ndarray, voxel: float, tol_px: float
+                 ) -> pd.DataFrame:
+    n = int(ids.max(initial=0))
+    if n == 0:
+        return pd.DataFrame(columns=GRAIN_COLUMNS)
+    kk, jj, ii = np.nonzero(ids)
+    lab = ids[kk, jj, ii]
+    counts = np.bincount(lab, minlength=n + 1)[1:]
+    xyz = origin + np.stack([ii, jj, kk], axis=1) * voxel
+    centroid = np.stack([np.bincount(lab, weights=xyz[:, a], minlength=n + 1)[1:] / counts
+                         for a in range(3)], axis=1)
+    vox_comp = np.bincount(lab, weights=completeness[kk, jj, ii], minlength=n + 1)[1:] / counts
+    s = model.score(centroid, orientations[1:], tol_px=tol_px)
+    volume = counts * voxel**3
+    euler = matrix_to_bunge(orientations[1:])
+    return pd.DataFrame({
+        "grain_id": np.arange(1, n + 1), "x": centroid[:, 0], "y": centroid[:, 1],
+        "z": centroid[:, 2], "n_voxels": counts, "volume": volume,
+        "diameter": np.cbrt(6 * volume / np.pi), "phi1": euler[:, 0], "Phi": euler[:, 1],
+        "phi2": euler[:, 2], "completeness": s.completeness, "voxel_completeness": vox_comp,
+        "spots_predicted": s.n_pred, "spots_matched": s.n_hit,
+    })
