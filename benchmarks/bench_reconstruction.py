@@ -4,8 +4,8 @@ Simulates a sample with the D35 preset's grain size, material and geometry (Lss 
 11 mm, 140 kV), optionally smaller than D35 (``--diameter``, ``--height``: the grain count
 follows the volume) and on a binned detector (``--detector``), with ``--projections``
 projections over 360°. The binary frames are the simulator's noise-free ground-truth spot
-masks. Reconstructs them, compares the grain map with the truth (labdct_live.compare) and
-prints one JSON line: voxels/s, tests/s, and the issue's accuracy figures.
+masks. Reconstructs them, compares the grain map with the truth (labdct_live.grains.compare) and
+prints one JSON line: voxels/s, tests/s, and the accuracy figures of docs/reconstruction.md.
 
     python benchmarks/bench_reconstruction.py                       # reduced D35 (default)
     python benchmarks/bench_reconstruction.py --diameter 0.2 --height 0.3 --detector 2032
@@ -22,10 +22,8 @@ from dataclasses import replace
 
 import numpy as np
 
-from labdct_live.compare import compare_grainmaps
-from labdct_live.devices import scaled_geometry
-from labdct_live.microstructure import make_sample
-from labdct_live.presets import preset
+from labdct_live.acquisition.detector import scaled_geometry
+from labdct_live.grains.compare.comparison import compare_grainmaps
 from labdct_live.reconstruction import (
     ForwardModel,
     ReconstructionOptions,
@@ -34,8 +32,10 @@ from labdct_live.reconstruction import (
     misorientation_deg,
     reconstruct,
 )
-from labdct_live.scanfiles import grainmap_of
-from labdct_live.simulate import Simulator
+from labdct_live.simulation.forward import Simulator
+from labdct_live.simulation.microstructure import make_sample
+from labdct_live.simulation.presets import preset
+from labdct_live.simulation.scanfolder import grainmap_of
 
 
 def main() -> None:

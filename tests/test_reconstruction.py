@@ -1,4 +1,4 @@
-"""Grain reconstruction by forward-model indexing (labdct_live.reconstruction, issue 12).
+"""Grain reconstruction by forward-model indexing (labdct_live.reconstruction).
 
 One small simulated scan (10 Al grains, 37 projections, a 512² detector with the paper's
 field of view) is written once and reconstructed once from its noise-free ground-truth
@@ -15,12 +15,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from labdct_live.acquisition.detector import scaled_geometry
 from labdct_live.cli import main
-from labdct_live.compare import compare_grainmaps
-from labdct_live.devices import scaled_geometry
-from labdct_live.geometry import Geometry
-from labdct_live.grainmap import read_gm3d
-from labdct_live.microstructure import SampleSpec, make_sample, random_orientations
+from labdct_live.grains.compare.comparison import compare_grainmaps
+from labdct_live.grains.formats.gm3d import read_gm3d
 from labdct_live.reconstruction import (
     GRAIN_COLUMNS,
     ForwardModel,
@@ -34,7 +32,9 @@ from labdct_live.reconstruction import (
 )
 from labdct_live.reconstruction.output import write_reconstruction
 from labdct_live.reconstruction.readers import read_scan
-from labdct_live.scanfiles import SimulatedScan, write_simulated_scan
+from labdct_live.simulation.geometry import Geometry
+from labdct_live.simulation.microstructure import SampleSpec, make_sample, random_orientations
+from labdct_live.simulation.scanfolder import SimulatedScan, write_simulated_scan
 
 N_GRAINS = 10
 

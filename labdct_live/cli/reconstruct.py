@@ -6,7 +6,7 @@ import argparse
 import warnings
 from pathlib import Path
 
-from . import CLIError
+from labdct_live.cli import CLIError
 
 ORDER = 75
 
@@ -51,7 +51,7 @@ def register(subparsers) -> None:
 
 
 def _sample(text: str | None):
-    from ..reconstruction import SampleEnvelope
+    from labdct_live.reconstruction import SampleEnvelope
 
     if text is None:
         return None
@@ -66,14 +66,14 @@ def _sample(text: str | None):
 def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from ..reconstruction import (
+    from labdct_live.reconstruction import (
         LowCompletenessWarning,
         ReconstructionOptions,
         SearchSettings,
         reconstruct,
     )
-    from ..reconstruction.output import grain_summary, write_reconstruction
-    from ..reconstruction.readers import read_scan
+    from labdct_live.reconstruction.output import grain_summary, write_reconstruction
+    from labdct_live.reconstruction.readers import read_scan
 
     out = Path(args.out)
     if out.suffix.lower() not in (".h5", ".hdf5"):

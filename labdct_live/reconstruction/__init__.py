@@ -1,4 +1,4 @@
-"""Open grain reconstruction of LabDCT scans by forward-model indexing (issue 12).
+"""Open grain reconstruction of LabDCT scans by forward-model indexing.
 
 From binary frames (segmented spots), their rotation angles, the geometry and the material
 to a grain map in the GrainMapper3D layout: seed points in the sample, candidate
@@ -13,18 +13,18 @@ Examples
 >>> result.grains[["grain_id", "completeness"]]                       # doctest: +SKIP
 """
 
-from .data import ReconstructionError, SampleEnvelope, ScanData
-from .forward import ForwardModel, Scores
-from .hitmaps import HitMaps, build_hit_maps
-from .orientations import fundamental_zone_grid, misorientation_deg
-from .pipeline import (
+from labdct_live.reconstruction.data import ReconstructionError, SampleEnvelope, ScanData
+from labdct_live.reconstruction.forward import ForwardModel, Scores
+from labdct_live.reconstruction.hitmaps import HitMaps, build_hit_maps
+from labdct_live.reconstruction.orientations import fundamental_zone_grid, misorientation_deg
+from labdct_live.reconstruction.pipeline import (
     GRAIN_COLUMNS,
     LowCompletenessWarning,
     ReconstructionOptions,
     ReconstructionResult,
     reconstruct,
 )
-from .search import SearchSettings
+from labdct_live.reconstruction.search import SearchSettings
 
 __all__ = [
     "GRAIN_COLUMNS",

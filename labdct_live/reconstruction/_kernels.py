@@ -1,8 +1,8 @@
 """Numba kernels of the forward-model indexing (private; see :mod:`.forward`).
 
 The ray of a reflection is traced by the simulator's own kernel
-(:func:`labdct_live._raytrace._laue_hit`), so the reconstruction predicts spots with exactly
-the physics that made the simulated frames (docs/physics.md §2). The kernels add the energy
+(:func:`labdct_live.simulation._raytrace._laue_hit`), so the reconstruction predicts spots with
+exactly the physics that made the simulated frames (docs/physics.md §2). The kernels add the energy
 band, the detector and beam-stop tests and a look-up in a precomputed distance map.
 
 Every outer loop is a ``prange`` over independent items (orientations or position/orientation
@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .._raytrace import HC, _laue_hit
+from labdct_live.simulation._raytrace import HC, _laue_hit
 
 _FOUR_PI = 4.0 * np.pi
 

@@ -17,8 +17,8 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from .forward import ForwardModel
-from .orientations import misorientation_deg
+from labdct_live.reconstruction.forward import ForwardModel
+from labdct_live.reconstruction.orientations import misorientation_deg
 
 __all__ = ["Assignment", "assign_voxels", "merge_grains", "drop_small_grains",
            "grain_adjacency"]

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..crystal import Material, MaterialError, get_material
-from ..geometry import Geometry
+from labdct_live.simulation.crystal import Material, MaterialError, get_material
+from labdct_live.simulation.geometry import Geometry
 
 __all__ = ["ReconstructionError", "ScanData", "SampleEnvelope"]
 
@@ -44,8 +44,8 @@ class SampleEnvelope:
     def grid(self, voxel_size: float) -> tuple[tuple[int, int, int], np.ndarray, np.ndarray]:
         """Shape (Z, Y, X), origin (x, y, z of voxel 0, mm) and mask of the voxel grid.
 
-        The grid is that of :func:`labdct_live.scanfiles.grainmap_of`: ``ceil(D / v)`` voxels
-        across, ``ceil(H / v)`` high, centred on the origin.
+        The grid is that of :func:`labdct_live.simulation.scanfolder.grainmap_of`: ``ceil(D / v)``
+        voxels across, ``ceil(H / v)`` high, centred on the origin.
         """
         nx = ny = int(np.ceil(self.diameter / voxel_size - 1e-9))
         nz = int(np.ceil(self.height / voxel_size - 1e-9))

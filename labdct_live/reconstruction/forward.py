@@ -2,7 +2,8 @@
 
 :class:`ForwardModel` binds a scan (frames turned into :class:`~.hitmaps.HitMaps`, ω,
 geometry, material) to the numba kernels. The ray tracing is the simulator's
-(:mod:`labdct_live._raytrace`): the Laue condition fixes the wavelength of each reflection,
+(:mod:`labdct_live.simulation._raytrace`): the Laue condition fixes the wavelength of each
+reflection,
 the energy must lie in the band ``[e_min, kvp - 2]`` keV, and the diffracted ray from the
 point must meet the detector outside the beam stop (docs/physics.md §2).
 """
@@ -13,10 +14,10 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .._raytrace import HC
-from . import _kernels
-from .data import ScanData
-from .hitmaps import PIXEL_UNIT, HitMaps, build_hit_maps
+from labdct_live.reconstruction import _kernels
+from labdct_live.reconstruction.data import ScanData
+from labdct_live.reconstruction.hitmaps import PIXEL_UNIT, HitMaps, build_hit_maps
+from labdct_live.simulation._raytrace import HC
 
 __all__ = ["ForwardModel", "Scores", "detector_vector"]
 

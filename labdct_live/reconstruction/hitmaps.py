@@ -12,7 +12,7 @@ Two maps per frame (docs/reconstruction.md, "Hit test"):
   direction (2θ, η) and, on a regular (2θ, η) grid, the angle between each cell's
   scattering vector and the nearest segmented one, uint8 in units of ``polar_unit`` degrees.
   It judges a prediction by direction, with a tolerance of about a degree: what a coarse
-  orientation grid needs (the issue's step 2).
+  orientation grid needs (the method's step 2, docs/reconstruction.md).
 
 The scattering vector of a ray leaving along (2θ, η) is
 ``ĝ = (-sin θ, -cos θ sin η, cos θ cos η)``, so moving on the detector by Δ2θ turns ĝ by
@@ -26,8 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from ..geometry import Geometry
-from . import _kernels
+from labdct_live.reconstruction import _kernels
+from labdct_live.simulation.geometry import Geometry
 
 __all__ = ["HitMaps", "build_hit_maps", "pixel_depth_map", "pixel_distance_map", "PIXEL_UNIT"]
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..grainmap import write_gm3d
-from .data import ScanData
-from .pipeline import ReconstructionResult
+from labdct_live.grains.formats.gm3d import write_gm3d
+from labdct_live.reconstruction.data import ScanData
+from labdct_live.reconstruction.pipeline import ReconstructionResult
 
 __all__ = ["write_reconstruction", "companion_paths", "grain_summary"]
 

@@ -11,12 +11,13 @@ import numpy as np
 import pandas as pd
 from scipy.spatial import cKDTree
 
-from ..grainmap import GrainMap, matrix_to_bunge
-from .assign import assign_voxels, drop_small_grains, merge_grains
-from .data import ReconstructionError, ScanData
-from .forward import ForwardModel
-from .orientations import fundamental_zone_grid, misorientation_deg
-from .search import SearchSettings, null_threshold, search_seed
+from labdct_live.grains.grainmap import GrainMap
+from labdct_live.grains.orientations import matrix_to_bunge
+from labdct_live.reconstruction.assign import assign_voxels, drop_small_grains, merge_grains
+from labdct_live.reconstruction.data import ReconstructionError, ScanData
+from labdct_live.reconstruction.forward import ForwardModel
+from labdct_live.reconstruction.orientations import fundamental_zone_grid, misorientation_deg
+from labdct_live.reconstruction.search import SearchSettings, null_threshold, search_seed
 
 __all__ = ["LowCompletenessWarning", "ReconstructionOptions", "ReconstructionResult",
            "reconstruct", "GRAIN_COLUMNS"]

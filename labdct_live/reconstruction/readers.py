@@ -1,7 +1,7 @@
 """Read the input of a reconstruction from the folders the package writes.
 
-* a **simulated scan folder** (``labdct-live simulate``, :mod:`labdct_live.scanfiles`): the
-  binary frames are the simulator's ground-truth spot masks (``truth.h5`` labels > 0, the
+* a **simulated scan folder** (``labdct-live simulate``, :mod:`labdct_live.simulation.scanfolder`):
+  the binary frames are the simulator's ground-truth spot masks (``truth.h5`` labels > 0, the
   noise-free segmentation) or the noise-free frames above the background;
 * a **segmented folder** (``labdct-live segment``): binary TIFFs (0/255) plus
   ``segmentation.json``, whose ``input`` names the segmented frame folder; when that folder
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..geometry import Geometry, GeometryError
-from .data import ReconstructionError, SampleEnvelope, ScanData
+from labdct_live.reconstruction.data import ReconstructionError, SampleEnvelope, ScanData
+from labdct_live.simulation.geometry import Geometry, GeometryError
 
 __all__ = ["read_scan", "BINARY_SOURCES"]
 
@@ -31,7 +31,7 @@ def _scan_meta(folder: Path) -> dict | None:
     path = folder / "scan.json"
     if not path.is_file():
         return None
-    from ..scanfiles import SimulatedScan
+    from labdct_live.simulation.scanfolder import SimulatedScan
 
     return SimulatedScan.open(folder).meta
 
@@ -131,7 +131,7 @@ def read_scan(path: str | os.PathLike, *, binary: str = "auto",
     if meta is not None and (folder / "frames").is_dir():
         return _read_simulated(folder, meta, binary, **explicit)
 
-    from ..io import EmptyFolderError, open_frame_folder
+    from labdct_live.io.frames import EmptyFolderError, open_frame_folder
 
     try:
         stack = open_frame_folder(folder)

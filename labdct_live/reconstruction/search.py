@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import minimize
 
-from .forward import ForwardModel
-from .orientations import misorientation_deg, perturb, select_distinct
+from labdct_live.reconstruction.forward import ForwardModel
+from labdct_live.reconstruction.orientations import misorientation_deg, perturb, select_distinct
 
 __all__ = ["Candidate", "SearchSettings", "search_seed", "refine", "null_threshold"]
 
