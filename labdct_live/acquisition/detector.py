@@ -2,8 +2,7 @@
 
 * :func:`make_rotation_stage`: an ``ophyd.sim.SynAxis`` in degrees, named ``rotation``.
 * :class:`LabDCTDetector`: frames from :class:`labdct_live.simulation.forward.Simulator` at the
-rotation
-  stage's current angle, plus a background and Poisson noise that scale with the detector's
+  rotation stage's current angle, plus a background and Poisson noise that scale with the detector's
   ``exposure`` signal (seconds)::
 
       expected = (exposure / reference_exposure) * (clean + background_rate * background)

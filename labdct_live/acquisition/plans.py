@@ -10,8 +10,7 @@ key                  value
 ===================  ===================================================================
 plan_name            ``"labdct_scan"`` or ``"adaptive_exposure_scan"``
 geometry             :meth:`labdct_live.simulation.geometry.Geometry.to_dict` with this scan's
-omegas
-                     (mm, degrees), when the detector knows it (or given in ``md``)
+                     omegas (mm, degrees), when the detector knows it (or given in ``md``)
 sample               ``{"spec": SampleSpec.to_dict(), "seed": ..., "n_grains": ...}`` for a
                      simulated detector (or given in ``md``)
 exposure             initial exposure time (s)

@@ -2,9 +2,8 @@
 
 :class:`EndOfScan` is the one hook the live processor calls once a run's results are complete
 in the catalog (``LiveConfig(end_of_scan=[EndOfScan(...)])``). It reads the binary frames back
-from ``processed/<node>`` and exports them (:func:`labdct_live.export.registry.export_scan`), then,
-when
-a reference grain map and a reconstruction of this scan are configured, compares them
+from ``processed/<node>`` and exports them (:func:`labdct_live.export.registry.export_scan`),
+then, when a reference grain map and a reconstruction of this scan are configured, compares them
 (:mod:`labdct_live.grains.compare`). The reconstruction itself is made by an external program
 (GrainRecon, GrainMapper3D) from the export; when it is not there yet, the hook says which
 command to run once it is.

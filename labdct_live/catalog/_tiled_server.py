@@ -21,8 +21,7 @@ when the parent *thread* that started us ends, and a catalog is restarted from s
 threads, e.g. a timer during an outage test.)
 
 Run as ``python -m labdct_live.catalog._tiled_server --parent-pid PID serve config CONFIG.yml``
-(what
-:class:`labdct_live.catalog.server.CatalogServer` does).
+(what :class:`labdct_live.catalog.server.CatalogServer` does).
 """
 
 from __future__ import annotations
