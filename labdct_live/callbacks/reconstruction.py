@@ -72,7 +72,7 @@ def scan_from_node(node, start_doc: dict, *, material: str | None = None,
         No geometry, no material or no sample size in the start document, no binary frames,
         or ω missing for some frame.
     """
-    if "geometry" not in start_doc:
+    if not start_doc.get("geometry"):
         raise ReconstructionError(
             "the raw run's start document has no 'geometry': a reconstruction needs it (scans "
             "made with labdct_live.acquisition.plans.labdct_scan carry it)")
@@ -155,7 +155,7 @@ def store_grainmap(client, node_key: str, result, extra: dict | None = None):
             key="completeness", dims=["z", "y", "x"],
             metadata={"description": "completeness of each voxel's grain"})
     if len(result.grains):
-        container.write_dataframe(result.grains.reset_index(drop=True), key="grains",
+        container.write_table(result.grains.reset_index(drop=True), key="grains",
                                   metadata={"description": "one row per grain"})
     container.update_metadata({**summary, "status": "complete"})
     return container
