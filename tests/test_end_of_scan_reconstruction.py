@@ -125,6 +125,22 @@ def test_a_run_without_geometry_records_an_error_and_nothing_raises(acquired, tm
     assert "geometry" in capsys.readouterr().err
 
 
+def test_cli_from_catalog_gives_the_hooks_grain_map(acquired, tmp_path):
+    import pandas as pd
+
+    session, uid, *_ = acquired
+    out = tmp_path / "cli.h5"
+    assert main(["reconstruct", "--from-catalog", session.catalog_uri, "--run", uid,
+                 "--api-key", session.api_key, "--out", str(out)]) == 0
+    cli = pd.read_csv(tmp_path / "cli_grains.csv").sort_values("grain_id", ignore_index=True)
+    node = session.client["processed"][uid]["grainmap"]
+    live = node["grains"].read().sort_values("grain_id", ignore_index=True)
+    assert len(cli) == len(live) == node.metadata["n_grains"]
+    assert np.allclose(cli[["phi1", "Phi", "phi2"]].to_numpy(),
+                       live[["phi1", "Phi", "phi2"]].to_numpy(), atol=1e-4)
+    assert np.array_equal(read_gm3d(out).grain_ids, node["grain_id"].read())
+
+
 def test_cli_rejects_a_run_key_that_is_not_a_key(acquired, tmp_path, capsys):
     session, *_ = acquired
     code = main(["reconstruct", "--from-catalog", session.catalog_uri, "--run", "../x",
