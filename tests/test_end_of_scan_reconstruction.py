@@ -75,6 +75,7 @@ def test_grainmap_node_equals_the_offline_reconstruction(acquired):
     node = session.client["processed"][uid]["grainmap"]
     meta = node.metadata
     assert meta["status"] == "complete"
+    assert meta["frames_status"] == "complete" and meta["raw_uid"] == uid
     assert meta["n_grains"] == result["n_grains"] == len(node["grains"].read())
     grains = node["grains"].read().sort_values("grain_id", ignore_index=True)
 

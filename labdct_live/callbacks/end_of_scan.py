@@ -88,8 +88,10 @@ class EndOfScan:
     Attributes
     ----------
     results : dict
-        Per processed node: ``exports``, and with ``reconstruct`` a ``reconstruction`` entry
-        (``grainmap`` file, ``n_grains``, ``median_completeness``, ``time``, or ``error``);
+        Per processed node: ``exports`` (format: path; a failed export's message in
+        ``export_errors``, also appended to the processor's ``errors``); with
+        ``reconstruct`` a ``reconstruction`` entry (``grainmap`` file, ``n_grains``,
+        ``median_completeness``, ``time``, or ``error``);
         with a reference a ``comparison`` entry (the report's path, ``counts``: the Table 2
         classes, ``delta_gb``) or the command to run.
     """
@@ -121,10 +123,17 @@ class EndOfScan:
         outputs = {}
         result = self.results[node_key] = {"exports": outputs}
         for fmt in self.formats:
-            out = export_from_catalog(processor.writer.client, node_key, fmt,
-                                      self.out_dir / node_key / fmt,
-                                      start_doc=processor.start_doc, overwrite=True,
-                                      progress=False)
+            try:
+                out = export_from_catalog(processor.writer.client, node_key, fmt,
+                                          self.out_dir / node_key / fmt,
+                                          start_doc=processor.start_doc, overwrite=True,
+                                          progress=False)
+            except Exception as exc:  # recorded; the other formats and the rest still run
+                logger.exception("export of %s as %s failed", node_key, fmt)
+                message = f"{type(exc).__name__}: {exc}"
+                result.setdefault("export_errors", {})[fmt] = message
+                processor.errors.append(f"end of scan: export {fmt}: {message}")
+                continue
             outputs[fmt] = str(out)
             logger.info("exported %s to %s", fmt, out)
         recon = None
@@ -165,7 +174,9 @@ class EndOfScan:
                      if issubclass(w.category, LowCompletenessWarning)]
             elapsed = time.perf_counter() - t0
             store_grainmap(client, node_key, rec, extra={
-                "file": path.name, "warnings": notes, "time": elapsed})
+                "file": path.name, "warnings": notes, "time": elapsed,
+                "frames_status": str(getattr(processor, "status", "")),
+                "raw_uid": str(processor.raw_uid)})
         except Exception as exc:  # recorded, never raised into the processor
             logger.exception("reconstruction of %s failed", node_key)
             return {"error": f"{type(exc).__name__}: {exc}"}
