@@ -4,7 +4,9 @@ Each is an :class:`event_model.DocumentRouter` (through :class:`~labdct_live.cal
 LiveRouter`, which never raises into the RunEngine): :mod:`~labdct_live.callbacks.live` (the
 processor), :mod:`~labdct_live.callbacks.monitor`, :mod:`~labdct_live.callbacks.end_of_scan`
 and :mod:`~labdct_live.callbacks.raw_writer`; :mod:`~labdct_live.callbacks.inbox` and
-:mod:`~labdct_live.callbacks.readers` are the processor's queue and frame readers.
+:mod:`~labdct_live.callbacks.readers` are the processor's queue and frame readers;
+:mod:`~labdct_live.callbacks.reconstruction` reads a processed run for the grain
+reconstruction and stores its grain map.
 """
 
 from labdct_live._lazy import attach
@@ -13,6 +15,7 @@ _SUBMODULES = {
     "end_of_scan": ["EndOfScan"],
     "live": ["LiveConfig", "LiveProcessor", "live_router"],
     "monitor": ["ExposureMonitor"],
+    "reconstruction": ["scan_from_catalog", "store_grainmap"],
     "raw_writer": ["ResilientTiledWriter"],
     "router": ["LiveRouter"],
 }

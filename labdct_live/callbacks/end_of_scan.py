@@ -4,9 +4,14 @@
 in the catalog (``LiveConfig(end_of_scan=[EndOfScan(...)])``). It reads the binary frames back
 from ``processed/<node>`` and exports them (:func:`labdct_live.export.registry.export_scan`),
 then, when a reference grain map and a reconstruction of this scan are configured, compares them
-(:mod:`labdct_live.grains.compare`). The reconstruction itself is made by an external program
-(GrainRecon, GrainMapper3D) from the export; when it is not there yet, the hook says which
-command to run once it is.
+(:mod:`labdct_live.grains.compare`). With ``reconstruct=True`` (or a
+:class:`~labdct_live.reconstruction.ReconstructionOptions`) the hook reconstructs the grain map
+itself from the catalog (:mod:`labdct_live.callbacks.reconstruction`), in the processor's
+worker thread, writes ``out_dir/<node>/grainmap.h5`` (GrainMapper3D layout, plus the grain
+table and summary), stores it as ``processed/<node>/grainmap`` and compares it with the
+reference. Otherwise the reconstruction is made by an external program (GrainRecon,
+GrainMapper3D) from the export; when it is not there yet, the hook says which command to run
+once it is. Failures are logged and recorded in :attr:`EndOfScan.results`, never raised.
 """
 
 from __future__ import annotations
@@ -76,10 +81,32 @@ class EndOfScan:
         processed node's key.
     misorientation : float
         Pairing threshold of the comparison (degrees).
+    reconstruct : bool or ReconstructionOptions
+        Reconstruct the grain map from the catalog after the export (default options when
+        True); the result replaces ``reconstruction`` in the comparison.
+
+    Attributes
+    ----------
+    results : dict
+        Per processed node: ``exports`` (format: path; a failed export's message in
+        ``export_errors``, also appended to the processor's ``errors``); with
+        ``reconstruct`` a ``reconstruction`` entry (``grainmap`` file, ``n_grains``,
+        ``median_completeness``, ``time``, or ``error``);
+        with a reference a ``comparison`` entry (the report's path, ``counts``: the Table 2
+        classes, ``delta_gb``) or the command to run.
     """
 
     def __init__(self, out_dir, formats=("grainrecon", "gm3d"), reference=None,
-                 reconstruction=None, misorientation: float = 1.0):
+                 reconstruction=None, misorientation: float = 1.0, reconstruct=False):
+        if reconstruct not in (False, None):  # the reconstruction is imported only if used
+            from labdct_live.reconstruction.pipeline import ReconstructionOptions
+
+            if reconstruct is True:
+                reconstruct = ReconstructionOptions()
+            if not isinstance(reconstruct, ReconstructionOptions):
+                raise TypeError("reconstruct must be True, False or a ReconstructionOptions, "
+                                f"got {type(reconstruct).__name__}")
+        self.reconstruct = reconstruct or None
         self.out_dir = Path(out_dir)
         self.formats = tuple(formats)
         self.reference = Path(reference) if reference else None
@@ -92,22 +119,79 @@ class EndOfScan:
         if processor.writer is None:
             logger.warning("run %s produced no results: nothing to export", processor.raw_uid)
             return
+        node_key = check_key(node_key, "processed node key")
         outputs = {}
+        result = self.results[node_key] = {"exports": outputs}
         for fmt in self.formats:
-            out = export_from_catalog(processor.writer.client, node_key, fmt,
-                                      self.out_dir / node_key / fmt,
-                                      start_doc=processor.start_doc, overwrite=True,
-                                      progress=False)
+            try:
+                out = export_from_catalog(processor.writer.client, node_key, fmt,
+                                          self.out_dir / node_key / fmt,
+                                          start_doc=processor.start_doc, overwrite=True,
+                                          progress=False)
+            except Exception as exc:  # recorded; the other formats and the rest still run
+                logger.exception("export of %s as %s failed", node_key, fmt)
+                message = f"{type(exc).__name__}: {exc}"
+                result.setdefault("export_errors", {})[fmt] = message
+                processor.errors.append(f"end of scan: export {fmt}: {message}")
+                continue
             outputs[fmt] = str(out)
             logger.info("exported %s to %s", fmt, out)
-        result = {"exports": outputs}
+        recon = None
+        if self.reconstruct is not None:
+            result["reconstruction"] = self._reconstruct(processor, node_key)
+            recon = result["reconstruction"].get("grainmap")
+            if recon is None and self.reference is not None:
+                result["comparison"] = {"error": "no reconstruction to compare: "
+                                        + result["reconstruction"]["error"]}
+                return
         if self.reference is not None:
-            result["comparison"] = self._compare(node_key)
-        self.results[node_key] = result
+            try:
+                result["comparison"] = self._compare(node_key, recon)
+            except Exception as exc:  # recorded, never raised into the processor
+                logger.exception("comparison of %s failed", node_key)
+                result["comparison"] = {"error": f"{type(exc).__name__}: {exc}"}
 
-    def _compare(self, node_key: str) -> str:
-        recon = (Path(str(self.reconstruction).format(node=node_key)) if self.reconstruction
-                 else None)
+    def _reconstruct(self, processor, node_key: str) -> dict:
+        """Reconstruct from the catalog, write the file and the ``grainmap`` node."""
+        import time
+        import warnings
+
+        from labdct_live.callbacks.reconstruction import scan_from_catalog, store_grainmap
+        from labdct_live.reconstruction.output import write_reconstruction
+        from labdct_live.reconstruction.pipeline import LowCompletenessWarning, reconstruct
+
+        t0 = time.perf_counter()
+        client = processor.writer.client
+        try:
+            scan = scan_from_catalog(client, node_key, start_doc=processor.start_doc)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", LowCompletenessWarning)
+                rec = reconstruct(scan, self.reconstruct)
+            folder = self.out_dir / node_key
+            folder.mkdir(parents=True, exist_ok=True)
+            path, table, summary = write_reconstruction(folder / "grainmap.h5", rec, scan)
+            notes = [str(w.message) for w in caught
+                     if issubclass(w.category, LowCompletenessWarning)]
+            elapsed = time.perf_counter() - t0
+            store_grainmap(client, node_key, rec, extra={
+                "file": path.name, "warnings": notes, "time": elapsed,
+                "frames_status": str(getattr(processor, "status", "")),
+                "raw_uid": str(processor.raw_uid)})
+        except Exception as exc:  # recorded, never raised into the processor
+            logger.exception("reconstruction of %s failed", node_key)
+            return {"error": f"{type(exc).__name__}: {exc}"}
+        out = {"grainmap": str(path), "grains": str(table), "summary": str(summary),
+               "n_grains": int(len(rec.grains)),
+               "median_completeness": float(rec.stats.get("median_completeness", 0.0)),
+               "time": elapsed, "warnings": notes}
+        logger.info("reconstructed %s: %d grains in %.1f s -> %s", node_key, out["n_grains"],
+                    elapsed, path)
+        return out
+
+    def _compare(self, node_key: str, recon: str | None = None):
+        if recon is None and self.reconstruction:
+            recon = Path(str(self.reconstruction).format(node=node_key))
+        recon = Path(recon) if recon is not None else None
         if recon is None or not recon.is_file():
             message = (f"reconstruct the export in {self.out_dir / node_key}, then run: "
                        f"labdct-live compare {self.reference} RECONSTRUCTION.h5 "
@@ -121,4 +205,27 @@ class EndOfScan:
         comparison = compare_grainmaps(read_grainmap(self.reference), read_grainmap(recon),
                                        threshold_deg=self.misorientation, label=node_key)
         report = write_report([comparison], self.out_dir / node_key / "comparison")
-        return str(report)
+        return {"report": str(report), "counts": _plain(comparison.counts()),
+                "delta_gb": _plain(_delta_gb(comparison))}
+
+
+def _plain(value):
+    """Numbers and containers of numbers as plain Python (for JSON and logs)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _delta_gb(comparison) -> dict:
+    """Mean, median and max δ_GB (µm) over the paired reference grains."""
+    ref = comparison.reference_grains
+    values = ref.loc[ref["n_partners"] > 0, "delta_gb_mm"].to_numpy(dtype=float) * 1e3
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return {"n": 0}
+    return {"n": int(values.size), "mean_um": float(values.mean()),
+            "median_um": float(np.median(values)), "max_um": float(values.max())}

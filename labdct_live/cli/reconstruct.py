@@ -21,10 +21,16 @@ def register(subparsers) -> None:
             "geometry, rotation angles and material from the scan it segmented), or a folder "
             "of binary TIFFs with --geometry, --material and --sample. Writes GRAINMAP.h5 "
             "(GrainMapper3D layout), GRAINMAP_grains.csv (one row per grain) and "
-            "GRAINMAP_reconstruction.json (threshold, null test, timings). Method: "
+            "GRAINMAP_reconstruction.json (threshold, null test, timings). With --from-catalog "
+            "URI --run UID the binary frames are those of the catalog's processed/UID, the "
+            "geometry, material and sample those of the raw run's start document. Method: "
             "docs/reconstruction.md."),
     )
-    p.add_argument("input", metavar="INPUT", help="scan, segmented or binary-frame folder")
+    p.add_argument("input", metavar="INPUT", nargs="?",
+                   help="scan, segmented or binary-frame folder (not with --from-catalog)")
+    p.add_argument("--from-catalog", metavar="URI", help="tiled server holding the processed run")
+    p.add_argument("--run", metavar="UID", help="the processed run's key (the raw run's uid)")
+    p.add_argument("--api-key", help="the catalog's API key (default: $TILED_API_KEY)")
     p.add_argument("--out", required=True, metavar="GRAINMAP.h5", help="output grain map")
     p.add_argument("--binary", choices=("auto", "labels", "frames"), default="auto",
                    help="simulated scans: ground-truth masks (labels) or frames above the "
@@ -63,6 +69,31 @@ def _sample(text: str | None):
     return SampleEnvelope(d, h)
 
 
+def _read_input(args: argparse.Namespace):
+    from labdct_live.reconstruction.readers import read_scan
+
+    if args.from_catalog is None:
+        if args.input is None or args.run is not None:
+            raise CLIError("give INPUT (a folder), or --from-catalog URI --run UID")
+        return read_scan(args.input, binary=args.binary, geometry=args.geometry,
+                         material=args.material, envelope=_sample(args.sample))
+    if args.input is not None or args.run is None:
+        raise CLIError("--from-catalog URI needs --run UID and no INPUT folder")
+    if args.geometry is not None:
+        raise CLIError("--geometry is not used with --from-catalog: the geometry is the raw "
+                       "run's (its start document)")
+    import os
+
+    from labdct_live.callbacks.reconstruction import scan_from_catalog
+    from labdct_live.catalog.client import connect
+    from labdct_live.io.names import check_key
+
+    run_uid = check_key(args.run, "--run")
+    client = connect(args.from_catalog, args.api_key or os.environ.get("TILED_API_KEY"))
+    return scan_from_catalog(client, run_uid, material=args.material,
+                             envelope=_sample(args.sample))
+
+
 def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
@@ -73,7 +104,6 @@ def run(args: argparse.Namespace) -> int:
         reconstruct,
     )
     from labdct_live.reconstruction.output import grain_summary, write_reconstruction
-    from labdct_live.reconstruction.readers import read_scan
 
     out = Path(args.out)
     if out.suffix.lower() not in (".h5", ".hdf5"):
@@ -84,8 +114,7 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--out {out}: the folder {out.parent} does not exist")
     if args.tolerance < 0 or not 0.25 <= args.grid_resolution <= 20:
         raise CLIError("--tolerance must be >= 0 px and --grid-resolution in [0.25, 20] deg")
-    scan = read_scan(args.input, binary=args.binary, geometry=args.geometry,
-                     material=args.material, envelope=_sample(args.sample))
+    scan = _read_input(args)
     search = replace(SearchSettings(), grid_resolution=args.grid_resolution,
                      direction_tol=max(1.0, 0.5 * args.grid_resolution),
                      tol_px=args.tolerance)

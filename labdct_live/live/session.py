@@ -62,6 +62,10 @@ class LiveSession:
         Exports made at the end of each scan (``grainrecon``, ``gm3d``, ``nexus``).
     reference : path-like, optional
         Reference grain map for the end-of-scan comparison.
+    reconstruct : bool or ReconstructionOptions
+        Reconstruct the grain map at the end of each scan (``EndOfScan(reconstruct=...)``):
+        a ``grainmap`` node under ``processed/<uid>`` and ``export/<uid>/grainmap.h5``. Off by
+        default: a full-size scan takes minutes to tens of minutes.
     report : callable, optional
         Receives the monitor's advice lines (``print`` in the CLI).
     queue_size : int
@@ -75,7 +79,7 @@ class LiveSession:
                  method: str = "auto", method_options: dict | None = None,
                  target_snr: float = 4.0, export_formats=("grainrecon", "gm3d"),
                  reference=None, report: Callable[[str], None] | None = None,
-                 queue_size: int = 16, outage_limit: float = 300.0):
+                 queue_size: int = 16, outage_limit: float = 300.0, reconstruct=False):
         self.workdir = Path(workdir).resolve()
         self.catalog_uri = catalog_uri
         self.api_key = api_key
@@ -84,6 +88,7 @@ class LiveSession:
         self.target_snr = target_snr
         self.export_formats = tuple(export_formats)
         self.reference = reference
+        self.reconstruct = reconstruct
         self.report = report
         self.queue_size = queue_size
         self.outage_limit = outage_limit
@@ -130,7 +135,8 @@ class LiveSession:
                                            report=self.report)
             self.RE.subscribe(self.monitor)
             self.end_of_scan = EndOfScan(self.workdir / "export", self.export_formats,
-                                         reference=self.reference)
+                                         reference=self.reference,
+                                         reconstruct=self.reconstruct)
             config = LiveConfig(client=connect(self.catalog_uri, self.api_key),
                                 method=self.method, method_options=self.method_options,
                                 queue_size=self.queue_size,
