@@ -80,6 +80,12 @@ def _command_line(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.no_truth:
+        from ._evaluate_no_truth import run as run_no_truth
+
+        return run_no_truth(args)
+    if not (args.truth and args.pred):
+        raise CLIError("give --truth DIR and --pred DIR, or --no-truth MASKS --instrument FILE")
     from tqdm.auto import tqdm
 
     from labdct_live.io.frames import open_frame_folder
@@ -142,10 +148,10 @@ def register(subparsers) -> None:
                     "report precision, recall and F1 overall and by SNR bin, pixel IoU and "
                     "Dice and the boundary error. Prints the tables and writes report.md, "
                     "plots and CSV tables.")
-    p.add_argument("--truth", required=True, metavar="DIR",
+    p.add_argument("--truth", metavar="DIR",
                    help="a simulated scan folder (truth.h5, frames/) or a folder of label or "
                         "binary-mask TIFFs")
-    p.add_argument("--pred", required=True, metavar="DIR",
+    p.add_argument("--pred", metavar="DIR",
                    help="the segmentation: binary (0/255) or label TIFFs named like the frames")
     p.add_argument("--frames", metavar="DIR",
                    help="input frames the SNR is measured on (default: TRUTH/frames for a "
@@ -162,4 +168,7 @@ def register(subparsers) -> None:
                    help="overlaps with IoU at or below this do not count (default 0)")
     p.add_argument("--margin", type=int, default=20,
                    help="background margin around a spot for its SNR, pixels (default 20)")
+    from ._evaluate_no_truth import add_arguments
+
+    add_arguments(p)
     p.set_defaults(func=run)

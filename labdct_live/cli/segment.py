@@ -219,6 +219,12 @@ def run(args: argparse.Namespace) -> int:
     stack = open_frame_folder(input_dir)
     if args.beamstop is not None:
         beamstop_source = "--beamstop"
+    if args.instrument:
+        from ..instrument_file import instrument_from_args
+
+        instrument = instrument_from_args(args, shape=stack.shape, n_frames=len(stack))
+        if args.beamstop is None and instrument.beamstop is not None:
+            exclude, beamstop_source = instrument.beamstop_mask(), f"--instrument {args.instrument}"
     exclude = _beamstop_from_args(args.beamstop, stack.shape, exclude)
     if exclude is not None and exclude.shape != stack.shape:
         raise CLIError(f"the beam-stop mask ({exclude.shape}) does not fit the "
@@ -279,6 +285,9 @@ def register(subparsers) -> None:
                    help="beam-stop rectangle as ONE argument: rows R0..R1 and columns C0..C1, "
                         "inclusive, comma-separated (e.g. 544,1496,526,1487), or 'none' "
                         "(default: from scan.json for a simulated scan, else none)")
+    from ..instrument_file import add_instrument_option
+
+    add_instrument_option(p)  # its beam stop, unless --beamstop is given
     p.add_argument("--overwrite", action="store_true",
                    help="replace OUTPUT_DIR if it is an earlier output of labdct-live (it holds "
                         "the .labdct-live-output marker); other folders are never replaced")
