@@ -230,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", action="append", default=[], metavar="FILE",
                    help="also score this checkpoint with its own inference settings "
                         "(repeatable)")
+    p.add_argument("--models-only", action="store_true",
+                   help="score only the --model checkpoints (no sweep, shipped model, routine)")
     p.add_argument("--json", default=None, help="write the results as JSON (outside the repo)")
     args = p.parse_args(argv)
 
@@ -256,6 +258,19 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(stats, indent=1))
 
     rows = []
+    if args.models_only:
+        for path in args.model:
+            name = Path(path).parent.name + "/" + Path(path).name
+            rows.append(score(f"dl, {name}, stack median",
+                              model_masks(frames, path, exclude, median), omegas, mirror,
+                              exclude, args.tolerance, args.control_shift))
+            rows.append(score(f"dl, {name}, rolling median (segment, live)",
+                              model_masks(frames, path, exclude, None), omegas, mirror,
+                              exclude, args.tolerance, args.control_shift))
+        print(_table(rows))
+        if args.json:
+            Path(args.json).write_text(json.dumps({"stats": stats, "table": rows}, indent=1))
+        return 0
     print("threshold sweep (frame minus stack median):", flush=True)
     sweep = []
     for thr in THRESHOLDS:

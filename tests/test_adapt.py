@@ -91,6 +91,11 @@ def test_noise_model_apply_has_the_stated_moments():
     x = model.apply(np.full((400, 400), 600.0, np.float32), np.random.default_rng(1))
     assert x.mean() == pytest.approx(600.0, rel=0.01)
     assert x.std() == pytest.approx(np.sqrt(2.0 * 500 + 25), rel=0.03)
+    correlated = NoiseModel(offset=100.0, gain=2.0, read_noise=5.0, correlation=0.3)
+    x = correlated.apply(np.full((400, 400), 600.0, np.float32), np.random.default_rng(2))
+    r = x - x.mean()
+    assert x.std() == pytest.approx(np.sqrt(2.0 * 500 + 25), rel=0.03)
+    assert float((r[1:] * r[:-1]).mean() / (r * r).mean()) == pytest.approx(0.3, abs=0.03)
 
 
 def _spot_f1(masks, held_out) -> float:
@@ -112,7 +117,7 @@ def _tables(match):
 
 def test_adapt_runs_and_is_not_worse_than_the_shipped_model(user_scan, capsys):
     from labdct_live.cli import main
-    from labdct_live.methods import DLMethod
+    from labdct_live.methods import DLMethod, make_method
     from labdct_live.models.adapt import score_subset
 
     out = user_scan["root"] / "adapted.pt"
@@ -148,6 +153,8 @@ def test_adapt_runs_and_is_not_worse_than_the_shipped_model(user_scan, capsys):
     adapted = DLMethod(str(out), exclude=exclude)  # by path, as segment and LiveConfig take it
     assert adapted.static is not None and adapted.threshold == checkpoint["inference"][
         "threshold"]
+    live = make_method("dl", model=str(out), exclude=exclude)  # LiveConfig.method_options
+    assert live.static is not None and live.min_contrast == adapted.min_contrast
     masks = {"shipped": [shipped.segment_frame(f)[0] for f, _ in held_out],
              "adapted": [adapted.segment_frame(f)[0] for f, _ in held_out]}
     omegas = [15.0, 105.0, 195.0, 285.0]

@@ -357,6 +357,7 @@ def adapt(frames: np.ndarray | Sequence[np.ndarray], instrument, out: str | os.P
     before = None
     if subset:
         denoised = _denoise_subset(base, sub_frames, None, 0.0, settings.threads)
+        timings["denoise_subset"] = time.perf_counter() - t
         before = _sweep(denoised, [base_threshold], sub_omegas, geometry, exclude,
                         [DEFAULT_MIN_SIZE])[base_threshold, DEFAULT_MIN_SIZE, 0.0]
         before.update(threshold=base_threshold, min_size=DEFAULT_MIN_SIZE)
@@ -368,6 +369,12 @@ def adapt(frames: np.ndarray | Sequence[np.ndarray], instrument, out: str | os.P
         logger.warning("no two frames are 180 degrees apart: the threshold cannot be chosen "
                        "by the Friedel score; the base model's is kept")
     timings["score_before"] = time.perf_counter() - t
+    # what the sweep after training will cost: two denoisings of the subset and one score
+    # per choice (thresholding and matching, ~ the score before less its denoising)
+    one_score = max(timings["score_before"] - timings.get("denoise_subset", 0.0), 0.05)
+    n_scores = 2 * len(THRESHOLDS) * len(settings.min_sizes) * (
+        len(settings.contrasts) if settings.input == "static" else 1)
+    reserve = 30.0 + 2.5 * timings.get("denoise_subset", 0.0) + 0.5 * n_scores * one_score
 
     # 5. fine-tuning
     static = median if settings.input == "static" else None
@@ -408,9 +415,6 @@ def adapt(frames: np.ndarray | Sequence[np.ndarray], instrument, out: str | os.P
             elapsed = time.perf_counter() - t_start
             # what remains after training: the threshold sweep (~ the score before per
             # threshold) and a margin
-            n_scores = 2 * len(THRESHOLDS) * len(settings.min_sizes) * (
-                len(settings.contrasts) if settings.input == "static" else 1)
-            reserve = 30.0 + timings["score_before"] * (2 + n_scores / 8)
             budget = settings.minutes * 60.0 - elapsed - reserve
             # the probe runs cold (pool loading, thread start-up) and over-estimates a
             # step; the schedule is laid out for 3x its estimate and the deadline stops
@@ -434,9 +438,6 @@ def adapt(frames: np.ndarray | Sequence[np.ndarray], instrument, out: str | os.P
     try:
         deadline = None
         if settings.steps is None:
-            n_scores = 2 * len(THRESHOLDS) * len(settings.min_sizes) * (
-                len(settings.contrasts) if settings.input == "static" else 1)
-            reserve = 30.0 + timings["score_before"] * (2 + n_scores / 8)
             deadline = time.monotonic() + settings.minutes * 60.0 - reserve - (
                 time.perf_counter() - t_start)
         result = train(base, train_data, validation, config, work / "run",

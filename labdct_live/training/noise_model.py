@@ -11,6 +11,8 @@ own spots. From those residuals (:func:`estimate_noise`):
   The dark ``offset`` is not identifiable from one illumination; it is taken as the 0.5th
   percentile of the median image (the darkest pixels, under the beam stop), an upper bound
   of the true dark level, unless given;
+* **spatial correlation**: the lag-1 correlation of the residual noise (a blurred, binned
+  detector's neighbouring pixels share noise);
 * **hot and dead pixels**: static outliers of the median image against its 5 × 5 median
   (above / below ``± k σ``), or pixels that never change;
 * **zingers**: single-frame sharp spikes (a pixel far above the frame's background and
@@ -18,7 +20,8 @@ own spots. From those residuals (:func:`estimate_noise`):
   rate per megapixel and frame, size and height.
 
 :meth:`NoiseModel.apply` turns a clean image in counts (background plus spots) into a noisy
-frame: ``offset + g · Poisson((x - offset) / g) + N(0, σ_read²)``, hot and dead pixels at
+frame: ``offset + g · Poisson((x - offset) / g) + N(0, σ_read²)``, the noise field blurred
+to the measured correlation (its variance kept), hot and dead pixels at
 their measured rates, zingers, clipping at saturation. It replaces the paper's Eq. 2 when
 the noise of a real detector is known (:mod:`labdct_live.training.instrument_data`).
 """
@@ -69,6 +72,9 @@ class NoiseModel:
         Residual noise SD at the median background level, counts.
     frames : int
         Frames used.
+    correlation : float
+        Correlation of the noise of neighbouring pixels (lag 1, rows and columns averaged);
+        :meth:`apply` blurs the noise field with the Gaussian that gives it (variance kept).
     """
 
     offset: float = 0.0
@@ -84,6 +90,7 @@ class NoiseModel:
     level_range: tuple[float, float] = (0.0, 0.0)
     noise_at_median: float = 0.0
     frames: int = 0
+    correlation: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("gain", "read_noise", "hot_fraction", "dead_fraction", "hot_excess",
@@ -91,6 +98,8 @@ class NoiseModel:
             value = float(getattr(self, name))
             if not (math.isfinite(value) and value >= 0):
                 raise NoiseModelError(f"{name} must be a finite value >= 0, got {value!r}")
+        if not 0.0 <= float(self.correlation) < 0.95:
+            raise NoiseModelError(f"correlation must be in [0, 0.95), got {self.correlation!r}")
         if self.hot_fraction + self.dead_fraction > 0.5:
             raise NoiseModelError("hot and dead pixels cannot be half of the detector")
         if not self.saturation > self.offset:
@@ -102,6 +111,18 @@ class NoiseModel:
         """Noise SD (counts) at mean level(s) ``level``."""
         signal = np.maximum(np.asarray(level, dtype=np.float64) - self.offset, 0.0)
         return np.sqrt(self.gain * signal + self.read_noise ** 2)
+
+    @property
+    def blur_sigma(self) -> float:
+        """SD (px) of the Gaussian whose (discrete) blur of white noise has lag-1 correlation
+        :attr:`correlation`; 0 for uncorrelated noise."""
+        if self.correlation <= 0.005:
+            return 0.0
+        lo, hi = 0.05, 5.0
+        for _ in range(40):  # the lag-1 correlation grows with sigma
+            mid = 0.5 * (lo + hi)
+            lo, hi = (mid, hi) if _lag1(mid) < self.correlation else (lo, mid)
+        return float(0.5 * (lo + hi))
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -138,6 +159,12 @@ class NoiseModel:
         x += np.float32(self.offset)
         if self.read_noise > 0:
             x += rng.standard_normal(x.shape, dtype=np.float32) * np.float32(self.read_noise)
+        sigma = self.blur_sigma
+        if sigma > 0:  # correlated noise: blur the noise field, keep its variance
+            x -= clean
+            x = ndimage.gaussian_filter(x, sigma, mode="reflect") / np.float32(
+                _blur_gain(sigma))
+            x += clean
         n = x.size
         if hot and self.hot_fraction > 0:
             k = rng.binomial(n, self.hot_fraction)
@@ -152,6 +179,26 @@ class NoiseModel:
                          self.zinger_height)
         np.clip(x, 0, self.saturation, out=x)
         return x
+
+
+def _kernel(sigma: float) -> np.ndarray:
+    delta = np.zeros(33, np.float64)
+    delta[16] = 1.0
+    return ndimage.gaussian_filter1d(delta, sigma, mode="constant")
+
+
+def _lag1(sigma: float) -> float:
+    """Lag-1 correlation of white noise blurred by a discrete Gaussian of SD ``sigma``."""
+    k = _kernel(sigma)
+    return float((k[1:] * k[:-1]).sum() / (k ** 2).sum())
+
+
+def _blur_gain(sigma: float) -> float:
+    """SD of Gaussian-blurred unit white noise (the blur's L2 norm)."""
+    delta = np.zeros((33, 33), np.float64)
+    delta[16, 16] = 1.0
+    kernel = ndimage.gaussian_filter(delta, sigma, mode="constant")
+    return float(np.sqrt((kernel ** 2).sum()))
 
 
 def _add_zingers(x: np.ndarray, rng: np.random.Generator, mean_count: float, size: float,
@@ -197,6 +244,11 @@ def _robust_sd(values: np.ndarray) -> float:
     if values.size == 0:
         return float("nan")
     return float(1.4826 * np.median(np.abs(values - np.median(values))))
+
+
+def valid_mask(exclude: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray:
+    """Pixels outside ``exclude`` (all when None)."""
+    return np.ones(shape, bool) if exclude is None else ~np.asarray(exclude, bool)
 
 
 def estimate_noise(frames: np.ndarray | Sequence[np.ndarray], *,
@@ -255,6 +307,16 @@ def estimate_noise(frames: np.ndarray | Sequence[np.ndarray], *,
     # the median of n frames has variance ~ pi/(2n) sigma^2 and is correlated with each frame
     correction = 1.0 + math.pi / (2 * n) - 2.0 / n
     edges = np.unique(np.quantile(levels, np.linspace(0.002, 0.998, bins + 1)))
+    # lag-1 correlation of the residual noise (rows and columns), from the middle frame
+    mid = stack[n // 2].astype(np.float32) - med
+    mid -= ndimage.gaussian_filter(np.clip(mid, -200.0, 200.0), smooth, mode="reflect")
+    sd_mid = _robust_sd(mid[valid_mask(exclude, mid.shape)])
+    quiet = (np.abs(mid) < 4 * sd_mid) & valid_mask(exclude, mid.shape)
+    pairs_r = quiet[1:] & quiet[:-1]
+    pairs_c = quiet[:, 1:] & quiet[:, :-1]
+    var0 = float(np.mean(mid[quiet] ** 2))
+    rho = 0.5 * (float(np.mean((mid[1:] * mid[:-1])[pairs_r]))
+                 + float(np.mean((mid[:, 1:] * mid[:, :-1])[pairs_c]))) / max(var0, 1e-12)
     mu, var, weight = [], [], []
     for lo, hi in zip(edges[:-1], edges[1:]):
         sel = (levels >= lo) & (levels < hi)
@@ -280,7 +342,8 @@ def estimate_noise(frames: np.ndarray | Sequence[np.ndarray], *,
         dark = max(-intercept / slope, 0.0) if slope > 0 else 0.0
         read2 = 0.0
     model = dict(offset=dark, gain=slope, read_noise=math.sqrt(max(read2, 0.0)),
-                 saturation=saturation, level_range=(float(mu_a.min()), float(mu_a.max())),
+                 saturation=saturation, correlation=float(np.clip(rho, 0.0, 0.9)),
+                 level_range=(float(mu_a.min()), float(mu_a.max())),
                  frames=n)
     level_median = float(np.median(med[valid])) if valid.any() else float(np.median(med))
     sd_fn = NoiseModel(**model).sd
