@@ -134,7 +134,8 @@ def _build_dl(args: argparse.Namespace, exclude: np.ndarray | None):
     return segment, {"model": str(args.model or "shipped"), "threshold": float(threshold),
                      "min_size": min_size, "model_name": name,
                      "model_hash": sha256, "static": method.static is not None,
-                     "zinger_threshold": method.zinger_threshold, "grow": method.grow}
+                     "zinger_threshold": method.zinger_threshold, "grow": method.grow,
+                     "min_contrast": method.min_contrast}
 
 
 def _resolve_input(input_dir: Path) -> tuple[Path, np.ndarray | None, str]:
