@@ -35,7 +35,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from itertools import islice
 from pathlib import Path
@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 from labdct_live.models.checkpoint import load_model, save_checkpoint
-from labdct_live.models.data import ChunkedBatches
+from labdct_live.models.data import ChunkedBatches, _batched
 from labdct_live.models.inference import DEFAULT_MIN_SIZE, Denoiser
 from labdct_live.models.train import TrainConfig, train
 from labdct_live.segmentation.scan_filters import drop_faint, reject_zingers
@@ -197,12 +197,6 @@ def _sweep(denoised: list[tuple[np.ndarray, np.ndarray]], thresholds, omegas, ge
                 kept = [drop_faint(mask, x, c) for mask, (x, _) in zip(masks, denoised)]
                 out[float(t), int(m), float(c)] = score_subset(kept, omegas, geometry, exclude)
     return out
-
-
-def _batched(crops: Iterator[tuple], batch_size: int):
-    while True:
-        items = [next(crops) for _ in range(batch_size)]
-        yield np.stack([x for x, *_ in items]), np.stack([y for _, y, *_ in items])
 
 
 def _step_seconds(model, batches, config: TrainConfig, n: int = 4, warmup: int = 3) -> float:
