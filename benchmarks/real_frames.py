@@ -14,6 +14,10 @@ the net recurrence over neighbouring ω:
 - ``threshold T``: one global threshold on the frame minus the per-pixel stack median, beam
   stop excluded, components of at least ``--min-size`` pixels, for a sweep of T; the best
   by the consistent count is reported;
+- with ``--model FILE`` (repeatable): that checkpoint, e.g. one made by ``labdct-live adapt``,
+  with its own inference settings (static background, zinger rejection, threshold, min size,
+  least contrast), once with the stack median as static background and once as ``segment``
+  and the live plugin run it (rolling median of the previous frames);
 - with ``--extra``: the U-Net with the instrument's beam stop, without its static spots, and
   fed the frame minus the stack median (plus the median level); the routine with a
   background constant suited to these frames (``--background 150 --sigma 1.5``).
@@ -70,6 +74,16 @@ def dl_masks(frames: np.ndarray, exclude: np.ndarray | None) -> list[np.ndarray]
     denoiser = Denoiser(None)
     return [denoiser.segment(f, denoiser.threshold, min_size=DEFAULT_MIN_SIZE,
                              exclude=exclude) > 0 for f in frames]
+
+
+def model_masks(frames: np.ndarray, model: str, exclude: np.ndarray | None,
+                median: np.ndarray | None) -> list[np.ndarray]:
+    """Masks of a checkpoint through the ``dl`` method with the model's own settings."""
+    from labdct_live.methods import DLMethod
+
+    options = {} if median is None else {"static_background": median, "static_window": 0}
+    method = DLMethod(model, exclude=exclude, **options)
+    return [method.segment_frame(f)[0] > 0 for f in frames]
 
 
 def drop_static(masks: list[np.ndarray], fraction: float = 0.9) -> list[np.ndarray]:
@@ -208,6 +222,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="also the U-Net with the beam stop and the routine with background 150")
     p.add_argument("--crops", nargs="?", const="/tmp/labdct_real_crops", default=None,
                    metavar="OUTDIR", help="write PNG crops there (default /tmp/labdct_real_crops)")
+    p.add_argument("--model", action="append", default=[], metavar="FILE",
+                   help="also score this checkpoint with its own inference settings "
+                        "(repeatable)")
+    p.add_argument("--models-only", action="store_true",
+                   help="score only the --model checkpoints (no sweep, shipped model, routine)")
     p.add_argument("--json", default=None, help="write the results as JSON (outside the repo)")
     args = p.parse_args(argv)
 
@@ -234,6 +253,19 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(stats, indent=1))
 
     rows = []
+    if args.models_only:
+        for path in args.model:
+            name = Path(path).parent.name + "/" + Path(path).name
+            rows.append(score(f"dl, {name}, stack median",
+                              model_masks(frames, path, exclude, median), omegas, mirror,
+                              exclude, args.tolerance, args.control_shift))
+            rows.append(score(f"dl, {name}, rolling median (segment, live)",
+                              model_masks(frames, path, exclude, None), omegas, mirror,
+                              exclude, args.tolerance, args.control_shift))
+        print(_table(rows))
+        if args.json:
+            Path(args.json).write_text(json.dumps({"stats": stats, "table": rows}, indent=1))
+        return 0
     print("threshold sweep (frame minus stack median):", flush=True)
     sweep = []
     for thr in THRESHOLDS:
@@ -263,6 +295,14 @@ def main(argv: list[str] | None = None) -> int:
     routine = routine_masks(frames, None)
     rows.append(score("`segment --method routine` (defaults)", routine, omegas, mirror,
                       exclude, args.tolerance, args.control_shift))
+    for path in args.model:
+        name = Path(path).parent.name + "/" + Path(path).name
+        print(f"{name}:", flush=True)
+        rows.append(score(f"dl, {name}, stack median", model_masks(frames, path, exclude, median),
+                          omegas, mirror, exclude, args.tolerance, args.control_shift))
+        rows.append(score(f"dl, {name}, rolling median (segment, live)",
+                          model_masks(frames, path, exclude, None), omegas, mirror, exclude,
+                          args.tolerance, args.control_shift))
     if args.extra:
         rows.append(score("dl, with the beam stop", dl_masks(frames, exclude), omegas, mirror,
                           exclude, args.tolerance, args.control_shift))

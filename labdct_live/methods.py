@@ -118,6 +118,26 @@ class DLMethod(ProcessingMethod):
         when None.
     exclude : ndarray of bool, optional
         Beam-stop mask.
+    static : bool, optional
+        Feed the network the frame minus its static background
+        (:class:`labdct_live.segmentation.scan_filters.StaticBackground`); None: as the model
+        was trained (checkpoint ``inference.input == "static"``, e.g. ``labdct-live adapt``).
+    static_background : array or path, optional
+        The static background (e.g. the scan's stack median); None: the model's, if it
+        carries one, until ``static_window`` frames give a rolling median.
+    static_window : int
+        Frames of the rolling median (0: ``static_background`` only).
+    zinger_threshold : float, optional
+        Counts above the 8-neighbour median of a single-pixel spike that is replaced before
+        the network (:func:`~labdct_live.segmentation.scan_filters.reject_zingers`); None: the
+        model's ``inference.zinger_threshold``; 0: off.
+    grow : float, optional
+        Lower threshold into which spots grow (hysteresis, full extent); None: the model's
+        ``inference.grow``; 0: off.
+    min_contrast : float, optional
+        Spots whose peak in the frame minus its static background is below this many counts
+        are dropped (with ``static`` only); None: the model's ``inference.min_contrast``;
+        0: off.
     **denoiser_options
         Passed to :class:`labdct_live.models.inference.Denoiser` (tile, threads, device ...).
     """
@@ -126,13 +146,31 @@ class DLMethod(ProcessingMethod):
 
     def __init__(self, model=None, threshold: float | None = None,
                  min_size: int | None = None, exclude: np.ndarray | None = None,
-                 **denoiser_options):
+                 static: bool | None = None, static_background=None, static_window: int = 20,
+                 zinger_threshold: float | None = None, grow: float | None = None,
+                 min_contrast: float | None = None, **denoiser_options):
         from labdct_live.models.inference import DEFAULT_MIN_SIZE, Denoiser
+        from labdct_live.segmentation.scan_filters import StaticBackground
 
         self.denoiser = Denoiser(model, **denoiser_options)
         self.threshold = float(self.denoiser.threshold if threshold is None else threshold)
-        self.min_size = int(DEFAULT_MIN_SIZE if min_size is None else min_size)
+        inference = dict(self.denoiser.metadata.get("inference") or {})
+        self.min_size = int(inference.get("min_size", DEFAULT_MIN_SIZE) if min_size is None
+                            else min_size)
         self.exclude = exclude
+        if static is None:
+            static = inference.get("input") == "static"
+        if static_background is None and inference.get("static_background") is not None:
+            static_background = np.asarray(inference["static_background"], dtype=np.float32)
+        self.static = (StaticBackground(static_background, window=int(static_window))
+                       if static else None)
+        self.zinger_threshold = float(inference.get("zinger_threshold") or 0.0
+                                      if zinger_threshold is None else zinger_threshold)
+        self.grow = float(inference.get("grow") or 0.0 if grow is None else grow)
+        self.min_contrast = float(inference.get("min_contrast") or 0.0 if min_contrast is None
+                                  else min_contrast)
+        if not 0.0 <= self.grow <= self.threshold:
+            raise ValueError(f"grow must be in [0, threshold={self.threshold}], got {self.grow}")
         if model is None:  # the shipped model: its file is the provenance
             from labdct_live.models.pretrained import pretrained_path
 
@@ -142,15 +180,34 @@ class DLMethod(ProcessingMethod):
 
     def push(self, index: int, frame: np.ndarray) -> list[ProcessedFrame]:
         t0 = time.perf_counter()
-        binary, denoised = self.denoiser.segment(frame, self.threshold, min_size=self.min_size,
-                                                 exclude=self.exclude, return_denoised=True)
+        binary, denoised = self.segment_frame(frame)
         labels, _ = label_spots(binary)
         return [_measure(index, frame, labels, self.exclude, denoised,
                          time.perf_counter() - t0)]
 
+    def segment_frame(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(mask, denoised)`` of one frame: zingers out, static background subtracted (the
+        frame then joins the rolling median), U-Net, threshold, growth; frames in ω order."""
+        from labdct_live.segmentation.scan_filters import drop_faint, grow_spots, reject_zingers
+
+        x = frame
+        if self.zinger_threshold > 0:
+            x, _ = reject_zingers(x, self.zinger_threshold)
+        if self.static is not None:
+            x = self.static(x)
+        binary, denoised = self.denoiser.segment(x, self.threshold, min_size=self.min_size,
+                                                 exclude=self.exclude, return_denoised=True)
+        if self.grow > 0:
+            binary = grow_spots(binary, denoised, self.grow, self.exclude)
+        if self.min_contrast > 0 and self.static is not None:
+            binary = drop_faint(binary, x, self.min_contrast)
+        return binary, denoised
+
     def describe(self) -> dict:
         meta = self.denoiser.metadata
         return {"method": self.name, "threshold": self.threshold, "min_size": self.min_size,
+                "static": self.static is not None, "zinger_threshold": self.zinger_threshold,
+                "grow": self.grow, "min_contrast": self.min_contrast,
                 "model_name": meta.get("name") or meta.get("architecture", ""),
                 "model_version": str(meta.get("package_version", "")),
                 "model_hash": meta.get("sha256", "") or _file_hash(self._model_file)}

@@ -109,29 +109,33 @@ def _model_identity(model: str | None, denoiser) -> tuple[str, str]:
 
 @register_method("dl", "U-Net denoising, then one threshold (needs the trained U-Net)")
 def _build_dl(args: argparse.Namespace, exclude: np.ndarray | None):
-    from labdct_live.models.inference import DEFAULT_MIN_SIZE, Denoiser
+    from labdct_live.methods import DLMethod
     from labdct_live.segmentation.routine import FrameResult
     from labdct_live.segmentation.spots import label_spots, spot_table
 
     _check_threshold(args.threshold)
     try:
-        denoiser = Denoiser(args.model, threads=args.threads)
+        # the model's own inference settings (an adapted model's static background, zinger
+        # rejection, min size) apply unless options override them
+        method = DLMethod(args.model, args.threshold, min_size=args.dl_min_size,
+                          exclude=exclude, threads=args.threads)
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         raise CLIError(f"--method dl: {exc}") from exc
-    threshold = denoiser.threshold if args.threshold is None else args.threshold
-    min_size = DEFAULT_MIN_SIZE if args.dl_min_size is None else args.dl_min_size
+    denoiser = method.denoiser
+    threshold, min_size = method.threshold, method.min_size
 
     def segment(stack):
         for index, frame in enumerate(stack):
-            mask, denoised = denoiser.segment(frame, threshold, min_size=min_size,
-                                              exclude=exclude, return_denoised=True)
+            mask, denoised = method.segment_frame(frame)
             labels, _ = label_spots(mask)
             yield FrameResult(index, mask, labels, spot_table(labels, denoised), denoised)
 
     name, sha256 = _model_identity(args.model, denoiser)
     return segment, {"model": str(args.model or "shipped"), "threshold": float(threshold),
                      "min_size": min_size, "model_name": name,
-                     "model_hash": sha256}
+                     "model_hash": sha256, "static": method.static is not None,
+                     "zinger_threshold": method.zinger_threshold, "grow": method.grow,
+                     "min_contrast": method.min_contrast}
 
 
 def _resolve_input(input_dir: Path) -> tuple[Path, np.ndarray | None, str]:

@@ -30,6 +30,7 @@ import json
 import logging
 import math
 import os
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from itertools import islice
@@ -298,6 +299,7 @@ def train(
     extra_metrics: Callable[[nn.Module], dict[str, float]] | None = None,
     record: dict | None = None,
     progress: bool = True,
+    deadline: float | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` and write checkpoints, history and loss curves to ``out_dir``.
 
@@ -326,6 +328,9 @@ def train(
         Extra JSON-able entries for ``config.json`` (e.g. the command-line options).
     progress : bool
         Show a tqdm progress bar.
+    deadline : float, optional
+        ``time.monotonic()`` value after which training stops at the next validation (as an
+        early stop: the best weights are kept); for time-bounded runs.
 
     Returns
     -------
@@ -484,6 +489,10 @@ def train(
             save_last()
             _write_json(out / "history.json", history)
             _plot_curves(out / "loss_curves.png", history)
+            if deadline is not None and time.monotonic() >= deadline:
+                logger.info("time budget reached at step %d", state["step"])
+                stopped_early = True
+                break
             if config.patience is not None and state["bad_validations"] >= config.patience:
                 logger.info("early stop at step %d: no %s improvement in %d validations",
                             state["step"], config.monitor, config.patience)
