@@ -6,8 +6,8 @@ local and commit nothing derived from them but aggregate numbers. The folder is 
 ``LABDCT_REAL_DATA``; without it the script says so and exits 0.
 
 For each segmentation it reports spots per frame, Friedel-consistent spots per frame (net of
-the control mirror) and their share (:mod:`labdct_live.consistency`), plus static spots and
-the net recurrence over neighbouring ω:
+the control mirror) and their share (:mod:`labdct_live.segmentation.consistency`), plus
+static spots and the net recurrence over neighbouring ω:
 
 - ``dl``: the shipped U-Net with ``segment --method dl`` defaults (no beam stop);
 - ``routine``: the standard routine with ``segment --method routine`` defaults;

@@ -1,5 +1,5 @@
-"""The ground-truth-free quality score (labdct_live.consistency) on simulated scans, the
-instrument metadata file (labdct_live.simulation.instrument) and ``evaluate --no-truth``."""
+"""The ground-truth-free quality score (segmentation.consistency, segmentation.friedel) on
+simulated scans, the instrument file (simulation.instrument) and ``evaluate --no-truth``."""
 
 from __future__ import annotations
 

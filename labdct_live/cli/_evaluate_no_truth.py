@@ -1,7 +1,7 @@
 """``labdct-live evaluate --no-truth MASKS --instrument FILE``: the ground-truth-free score.
 
 Scores a segmentation of a real scan by its physical consistency
-(:mod:`labdct_live.consistency`): Friedel pairs 180° apart (net of a control mirror),
+(:mod:`labdct_live.segmentation.consistency`): Friedel pairs 180° apart (net of a control mirror),
 recurrence over neighbouring ω and static structure. Prints the per-frame-pair table and the
 scan summary; ``--json FILE`` writes them too.
 """

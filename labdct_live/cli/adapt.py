@@ -99,9 +99,9 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not args.resume:
         raise CLIError(f"--out {out} exists: choose another file or remove it")
-    from labdct_live.instrument_file import load_instrument
-    from labdct_live.io import open_frame_folder
+    from labdct_live.io.frames import open_frame_folder
     from labdct_live.models.adapt import AdaptSettings, adapt
+    from labdct_live.simulation.instrument import load_instrument
 
     instrument = load_instrument(args.instrument)
     stack = open_frame_folder(folder)

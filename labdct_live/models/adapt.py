@@ -19,7 +19,8 @@ time budget:
 6. **Threshold without labels**: on a subset of Friedel pairs of the user's frames, the
    threshold, smallest spot size and least spot contrast (peak above the static background,
    in noise SDs; ``static`` input only) that maximise the Friedel-consistent spots per frame
-   among the choices with a share of at least ``min_share`` (:mod:`labdct_live.consistency`);
+   among the choices with a share of at least ``min_share``
+   (:mod:`labdct_live.segmentation.consistency`);
    when none reaches it, the choice that maximises consistent × share. The fine-tuned
    weights compete with the base weights (fed the same way) in that choice, so the adapted
    checkpoint never scores below the base model on those frames; ``weights`` says which won.
@@ -114,7 +115,7 @@ class AdaptSettings:
 
 
 def _subset_pairs(omegas: np.ndarray, n_pairs: int) -> list[int]:
-    from labdct_live.consistency import friedel_pairs
+    from labdct_live.segmentation.friedel import friedel_pairs
 
     pairs = friedel_pairs(omegas)
     if not pairs:
@@ -127,10 +128,10 @@ def _subset_pairs(omegas: np.ndarray, n_pairs: int) -> list[int]:
 def score_subset(masks: Sequence[np.ndarray], omegas: Sequence[float], geometry,
                  exclude: np.ndarray | None) -> dict:
     """Friedel score of the masks of a subset of frames, as
-    :func:`labdct_live.consistency.score_scan` counts it (static spots left out, control
-    mirror subtracted) without its recurrence part: ``spots_per_frame``,
+    :func:`labdct_live.segmentation.consistency.score_scan` counts it (static spots left out,
+    control mirror subtracted) without its recurrence part: ``spots_per_frame``,
     ``consistent_per_frame``, ``share``, ``static_spots_per_frame``."""
-    from labdct_live.consistency import (
+    from labdct_live.segmentation.friedel import (
         STATIC_FRACTION,
         frame_spots,
         friedel_match,
@@ -243,7 +244,7 @@ def adapt(frames: np.ndarray | Sequence[np.ndarray], instrument, out: str | os.P
     ----------
     frames : (n, H, W) array or sequence of frames
         The user's scan, in the order of ``instrument.omegas``.
-    instrument : labdct_live.instrument_file.Instrument
+    instrument : labdct_live.simulation.instrument.Instrument
     out : path
         The adapted checkpoint.
     settings : AdaptSettings

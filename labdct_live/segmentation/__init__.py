@@ -42,6 +42,10 @@ _SUBMODULES = {
         "ScanConsistency", "ScanSummary", "fit_mirror_row", "recurrence", "score_scan",
         "static_map",
     ],
+    "scan_filters": [
+        "StaticBackground", "drop_faint", "grow_spots", "load_background_image", "reject_zingers",
+        "subtract_static",
+    ],
 }
 
 __getattr__, __dir__, __all__ = attach(__name__, _SUBMODULES)

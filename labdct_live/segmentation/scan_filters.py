@@ -49,7 +49,7 @@ def load_background_image(source: np.ndarray | str | os.PathLike) -> np.ndarray:
         if path.suffix == ".npy":
             image = np.load(path, allow_pickle=False)
         else:
-            from labdct_live.io import read_frame
+            from labdct_live.io.frames import read_frame
 
             image = read_frame(path)
     else:

@@ -20,6 +20,12 @@ _SUBMODULES = {
         "SynthesisConfig", "Pair", "make_pair", "random_acquisition",
     ],
     "torchdata": ["split_projections", "SyntheticPairStream", "write_pair_dataset", "PairDataset"],
+    "noise_model": [
+        "NoiseModel", "NoiseModelError", "estimate_noise", "stack_median",
+    ],
+    "instrument_data": [
+        "INPUT_MODES", "InstrumentSynthesis", "count_backgrounds", "instrument_crops",
+    ],
 }
 
 __getattr__, __dir__, __all__ = attach(__name__, _SUBMODULES)
