@@ -93,7 +93,8 @@ def _report(session, elapsed: float, target_snr: float) -> None:
         if friedel["pairs"]:
             print(f"  Friedel pairs {friedel['pairs']}: {friedel['consistent_per_frame']:.0f} "
                   f"consistent spots per frame, share {friedel['share']:.2f} "
-                  "(a ground-truth-free score, docs/real-frames.md)")
+                  "(a ground-truth-free score, docs/real-frames.md; near 0 in this "
+                  "Laue-focusing geometry, where off-axis grains move the mates: docs/live.md)")
     print(f"  catalog      {session.workdir / 'catalog'}  (raw run: {uid}; "
           f"results: processed/{processor.node_key})")
     for fmt, path in session.end_of_scan.results.get(processor.node_key, {}).get(
