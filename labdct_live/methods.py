@@ -41,7 +41,6 @@ METHODS = ("auto", "dl", "routine")
 #: Spots below this SNR count as weak in the per-frame summary.
 WEAK_SNR = 2.0
 
-
 #: A frame that cannot be processed (wrong shape or dtype, NaNs, corrupt).
 FrameError = FrameReadError
 

@@ -29,7 +29,6 @@ logger = logging.getLogger(__name__)
 
 GM3D_SIDECAR = "gm3d_export.json"
 
-
 #: File names of the GrainMapper3D-ready copy when no raw frame names are known (an assumed
 #: Zeiss-export-like pattern: a prefix, an underscore, a 0-based 4-digit projection number).
 GM3D_NAME_PATTERN = "{prefix}_{index:04d}.tif"

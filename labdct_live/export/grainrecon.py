@@ -32,7 +32,6 @@ logger = logging.getLogger(__name__)
 
 GRAINRECON_SIDECAR = "grainrecon.json"
 
-
 GRAINRECON_OMEGA_LIST = "omega.txt"
 
 

@@ -29,39 +29,29 @@ logger = logging.getLogger(__name__)
 #: Where publishers connect (the proxy's input) and workers subscribe (its output).
 DEFAULT_IN = "127.0.0.1:5577"
 
-
 DEFAULT_OUT = "127.0.0.1:5578"
-
 
 #: Environment variable the command line reads when ``--curve-dir`` is not given.
 CURVE_DIR_ENV = "LABDCT_CURVE_DIR"
 
-
 #: File names inside a CURVE folder (``labdct-live keys`` writes them).
 SERVER_SECRET = "server.key_secret"
 
-
 SERVER_PUBLIC = "server.key"
-
 
 CLIENT_SECRET = "client.key_secret"
 
-
 CLIENT_PUBLIC = "client.key"
-
 
 CLIENTS_DIR = "clients"
 
-
 PathLike = str | os.PathLike
-
 
 _TCP = re.compile(r"(?:tcp://)?(?P<host>\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):(?P<port>\d+|\*)")
 
 
 # the first rejections are logged one by one; a flood is summarised
 _LOG_EVERY_AFTER = 20
-
 
 _LOG_EVERY = 1000
 

@@ -30,14 +30,11 @@ __all__ = [
 #: Default matching radius of a mirrored centroid, pixels.
 DEFAULT_TOLERANCE = 10.0
 
-
 #: Default sideways shift of the control mirrors, pixels.
 DEFAULT_CONTROL_SHIFT = 50.0
 
-
 #: A pixel segmented in at least this fraction of the frames is static background.
 STATIC_FRACTION = 0.9
-
 
 #: A spot with at least this fraction of its pixels static is a static spot.
 STATIC_SPOT_FRACTION = 0.5

@@ -21,7 +21,6 @@ __all__ = [
 
 _GRID = 48  # control points per axis of the smooth part (features span hundreds of pixels)
 
-
 _ANGLE_BINS = 8192  # resolution of the streak table: ~0.5 px at 700 px from the beam
 
 

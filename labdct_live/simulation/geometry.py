@@ -46,7 +46,6 @@ _PAPER_BEAMSTOP_ROWS = (536, 1488)
 _PAPER_BEAMSTOP_COLS = (545, 1506)
 _PAPER_LSD_MM = 11.0
 
-
 #: The ``beamstop`` of a geometry without beam stop (an empty pixel range).
 NO_BEAMSTOP = (0, -1, 0, -1)
 

@@ -67,10 +67,8 @@ __all__ = [
 #: ``format`` value of an instrument file.
 FORMAT_NAME = "labdct-live instrument"
 
-
 #: ``version`` this module reads and writes.
 FORMAT_VERSION = 1
-
 
 _SECTIONS = {
     "format": None, "version": None, "name": None, "notes": None, "frames": None,

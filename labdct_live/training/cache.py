@@ -36,7 +36,6 @@ logger = logging.getLogger(__name__)
 
 CACHE_FORMAT = "labdct-live projection cache"
 
-
 _INDEX = "index.json"
 
 

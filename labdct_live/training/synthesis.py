@@ -81,7 +81,6 @@ __all__ = [
 #: spots' area on clean images.
 TARGET_PARAMS = RoutineParams(background=0.0, sigma=1.0, percent=0.10, min_size=4)
 
-
 _TARGET_KINDS = ("log", "labels")
 
 

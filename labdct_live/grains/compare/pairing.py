@@ -23,14 +23,11 @@ __all__ = [
 #: Value of the ``class`` column for a reference grain with one reconstructed partner.
 CLASS_ONE_TO_ONE = "one-to-one"
 
-
 #: ... for a reference grain with several reconstructed partners.
 CLASS_ONE_TO_MULTI = "one-to-multi"
 
-
 #: ... for a reference grain without partner.
 CLASS_FALSE_NEGATIVE = "false negative"
-
 
 #: ... for a reconstructed grain without partner.
 CLASS_FALSE_POSITIVE = "false positive"

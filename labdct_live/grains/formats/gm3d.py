@@ -36,7 +36,6 @@ logger = logging.getLogger(__name__)
 
 GM3D_VERSIONS = (3, 4, 5)
 
-
 _DATA = "LabDCT/Data"
 
 
