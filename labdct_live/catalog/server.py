@@ -66,6 +66,9 @@ class Terminated(SystemExit):
     """
 
 
+#: How long (s) a server stopped while starting may take before it is killed.
+STARTING_GRACE_S = 3.0
+
 #: Files of a catalog folder that hold the API key or describe the running server.
 API_KEY_FILE, LOCK_FILE, SERVER_FILE = "api_key", "server.lock", "server.json"
 
@@ -323,7 +326,9 @@ class CatalogServer:
                 os.close(lock)
             self._wait_until_serving(log_start, timeout)
         except BaseException:  # an error, Ctrl-C or SIGTERM while starting: no orphan
-            self.stop()
+            # A server that never answered has nothing to flush; one caught mid-import may
+            # not see SIGINT for long on a loaded machine, so it gets a short grace only.
+            self.stop(timeout=STARTING_GRACE_S)
             raise
         return self
 
