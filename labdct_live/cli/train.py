@@ -29,8 +29,12 @@ DEFAULTS = {
     "validation_fraction": 0.15, "loss": "mse+dice", "loss_weights": "{}", "lr": 1e-3,
     "weight_decay": 1e-2, "schedule": "onecycle", "freeze_steps": 0, "encoder_weights": None,
     "patience": 10, "threshold": 0.5, "seed": 0, "device": "auto", "snr": None, "target": "log",
+    "broad_cache": None, "broad_share": 0.5, "init_weights": None,
 }
 
+
+#: ``--data`` values that synthesise pairs from projection caches.
+ON_THE_FLY = ("on-the-fly", "broad")
 
 #: Options that a resumed run may change.
 _FREE_ON_RESUME = {"steps", "patience", "device"}
@@ -63,8 +67,9 @@ def _settings(args: argparse.Namespace) -> dict:
                                f"{saved[key]}: a resumed run keeps its settings")
         settings[key] = value if value is not None else saved.get(key, default)
     if settings["data"] is None:
-        raise CLIError("--data is required: 'on-the-fly' (with --cache DIR) or a pair-dataset "
-                       "file (labdct_live.training.torchdata.write_pair_dataset)")
+        raise CLIError("--data is required: 'on-the-fly' (with --cache DIR), 'broad' (with "
+                       "--cache DIR --broad-cache DIR) or a pair-dataset file "
+                       "(labdct_live.training.torchdata.write_pair_dataset)")
     return settings
 
 
@@ -73,8 +78,9 @@ def run(args: argparse.Namespace) -> int:
 
     s = _settings(args)
     # The run folder is resumable, so written in place; checked before the data is read.
-    with work_folder(args.out, [None if s["data"] == "on-the-fly" else s["data"],
-                                s["cache"], s["encoder_weights"]]):
+    with work_folder(args.out, [None if s["data"] in ON_THE_FLY else s["data"], s["cache"],
+                                s["broad_cache"], s["encoder_weights"],
+                                None if s["init_weights"] == "shipped" else s["init_weights"]]):
         return _train(args, s)
 
 
@@ -82,7 +88,11 @@ def _train(args: argparse.Namespace, s: dict) -> int:
     import torch
 
     from labdct_live.models import get_model, load_resnet34_weights
-    from labdct_live.models.data import fixed_dataset_batches, on_the_fly_batches
+    from labdct_live.models.data import (
+        broad_batches,
+        fixed_dataset_batches,
+        on_the_fly_batches,
+    )
     from labdct_live.models.train import TrainConfig, train
 
     if args.threads:
@@ -95,18 +105,25 @@ def _train(args: argparse.Namespace, s: dict) -> int:
         patience=None if s["patience"] <= 0 else s["patience"], threshold=s["threshold"],
         seed=s["seed"], device=s["device"],
     )
-    if s["data"] == "on-the-fly":
+    if s["data"] in ON_THE_FLY:
         if not s["cache"]:
-            raise CLIError("--data on-the-fly needs --cache DIR, a projection cache "
+            raise CLIError(f"--data {s['data']} needs --cache DIR, a projection cache "
                            "(labdct_live.training.cache.build_projection_cache)")
         from labdct_live.training.synthesis import SynthesisConfig
 
         synthesis = SynthesisConfig(target=s["target"], **(
             {"median_snr_range": tuple(s["snr"])} if s["snr"] else {}))
-        train_data, val_data, recipe = on_the_fly_batches(
-            s["cache"], batch_size=s["batch_size"], crop_size=s["crop"],
-            val_batches=s["val_batches"], validation_fraction=s["validation_fraction"],
-            chunk_steps=s["val_every"], seed=s["seed"], synthesis=synthesis)
+        common = dict(batch_size=s["batch_size"], crop_size=s["crop"],
+                      val_batches=s["val_batches"], validation_fraction=s["validation_fraction"],
+                      chunk_steps=s["val_every"], seed=s["seed"], synthesis=synthesis)
+        if s["data"] == "broad":
+            if not s["broad_cache"]:
+                raise CLIError("--data broad needs --broad-cache DIR, a projection cache of "
+                               "labdct_live.training.broad.broad_acquisitions")
+            train_data, val_data, recipe = broad_batches(
+                s["cache"], s["broad_cache"], broad_share=s["broad_share"], **common)
+        else:
+            train_data, val_data, recipe = on_the_fly_batches(s["cache"], **common)
     else:
         from labdct_live.io.output import require_hdf5
 
@@ -128,6 +145,8 @@ def _train(args: argparse.Namespace, s: dict) -> int:
         if config.model != "resnet34_unet":
             raise CLIError(f"--encoder-weights applies to resnet34_unet, not {config.model}")
         load_resnet34_weights(model, s["encoder_weights"])
+    if s["init_weights"]:
+        model, config = _initial_weights(s["init_weights"], config)
 
     out = Path(args.out)
     # The resolved options go into config.json, so that `--resume` needs no others.
@@ -139,6 +158,26 @@ def _train(args: argparse.Namespace, s: dict) -> int:
           f"{best['val_loss']:.4g}, pixel F1 {best['f1']:.3f}, IoU {best['iou']:.3f}; "
           f"model written to {out / 'model.pt'}")
     return 0
+
+
+def _initial_weights(source: str, config):
+    """The network to fine-tune (the shipped model, ``shipped``, or a checkpoint file) and
+    ``config`` with its architecture options (when ``--model-config`` left them unset)."""
+    from dataclasses import replace
+
+    from labdct_live.models import load_model, load_pretrained
+
+    if source == "shipped":
+        model = load_pretrained()
+    else:
+        if not Path(source).is_file():
+            raise CLIError(f"--init-weights {source}: no such file (a checkpoint or 'shipped')")
+        model = load_model(source)
+    arch = model.architecture
+    if arch["name"] != config.model or config.model_config not in ({}, dict(arch["config"])):
+        raise CLIError(f"--init-weights {source} is a {arch['name']} {arch['config']}, not the "
+                       f"--model {config.model} {config.model_config} being trained")
+    return model.train(), replace(config, model_config=dict(arch["config"]))
 
 
 def register(subparsers) -> None:
@@ -153,9 +192,16 @@ def register(subparsers) -> None:
                                    f"(default {DEFAULTS['model']}; see docs/models.md)")
     p.add_argument("--model-config", metavar="JSON",
                    help='architecture options, e.g. \'{"widths": [16, 32, 64]}\'')
-    p.add_argument("--data", metavar="on-the-fly|PATH",
-                   help="'on-the-fly' (needs --cache) or a pair-dataset .h5 file")
+    p.add_argument("--data", metavar="on-the-fly|broad|PATH",
+                   help="'on-the-fly' (needs --cache), 'broad' (also --broad-cache: mixes in "
+                        "random instruments, docs/models.md) or a pair-dataset .h5 file")
     p.add_argument("--cache", metavar="DIR", help="projection cache for --data on-the-fly")
+    p.add_argument("--broad-cache", metavar="DIR",
+                   help="projection cache of random instruments for --data broad")
+    p.add_argument("--broad-share", type=float,
+                   help="share of each batch from --broad-cache (default 0.5)")
+    p.add_argument("--init-weights", metavar="shipped|PATH",
+                   help="start from these weights (fine-tuning): 'shipped' or a checkpoint")
     p.add_argument("--steps", type=int, help=f"optimizer steps (default {DEFAULTS['steps']})")
     p.add_argument("--out", required=True, metavar="DIR", help="run folder")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")

@@ -8,6 +8,9 @@ The training loop asks for the batch of step ``k``. Two sources:
   ``chunk_steps`` equal to the validation interval, a run resumed from its last checkpoint
   draws exactly the batches the uninterrupted run would have drawn. Validation batches come
   from projections held out of training (:func:`labdct_live.training.torchdata.split_projections`).
+* on the fly, broadened (:func:`broad_batches`): each batch mixes those crops with crops of
+  random instruments (:func:`labdct_live.training.broad.broad_crops`), a share
+  ``broad_share`` of every batch, training and validation alike.
 * a fixed dataset file (:func:`fixed_dataset_batches`): the ``train`` split of a
   :func:`labdct_live.training.torchdata.write_pair_dataset` file, reshuffled each epoch by a seed
   derived from ``(seed, epoch)``; validation on its ``validation`` split.
@@ -31,7 +34,7 @@ from labdct_live.training.crops import CropSettings, generate_crops
 from labdct_live.training.synthesis import SynthesisConfig
 from labdct_live.training.torchdata import PairDataset, split_projections
 
-__all__ = ["ChunkedBatches", "fixed_dataset_batches", "on_the_fly_batches"]
+__all__ = ["ChunkedBatches", "broad_batches", "fixed_dataset_batches", "on_the_fly_batches"]
 
 Batch = tuple[np.ndarray, np.ndarray]
 
@@ -205,6 +208,91 @@ def on_the_fly_batches(
         "batch_size": batch_size,
         "val_batches": val_batches,
         "chunk_steps": chunk_steps,
+        "seed": seed,
+    }
+    return ChunkedBatches(stream, chunk_steps, prefetch), validation, recipe
+
+
+def _mixed(first: Iterator[tuple], second: Iterator[tuple], batch_size: int,
+           n_second: int) -> Iterator[Batch]:
+    """Batches of ``batch_size - n_second`` crops of ``first`` then ``n_second`` of ``second``."""
+    while True:
+        items = ([next(first) for _ in range(batch_size - n_second)]
+                 + [next(second) for _ in range(n_second)])
+        yield np.stack([x for x, *_ in items]), np.stack([y for _, y, *_ in items])
+
+
+def broad_batches(
+    cache: str | os.PathLike,
+    broad_cache: str | os.PathLike,
+    *,
+    broad_share: float = 0.5,
+    batch_size: int = 8,
+    crop_size: int = 256,
+    val_batches: int = 16,
+    validation_fraction: float = 0.15,
+    chunk_steps: int = 250,
+    prefetch: int = 2,
+    seed: int = 0,
+    synthesis: Any = None,
+    ranges: Any = None,
+) -> tuple[ChunkedBatches, list[Batch], dict]:
+    """:func:`on_the_fly_batches` of ``cache`` mixed with crops of random instruments.
+
+    Parameters
+    ----------
+    cache : path-like
+        The paper's projection cache (crops by Eq. 1-2, as the shipped model was trained).
+    broad_cache : path-like
+        Projections of :func:`labdct_live.training.broad.broad_acquisitions`.
+    broad_share : float
+        Share of each batch from ``broad_cache`` (rounded to whole crops).
+    ranges : labdct_live.training.broad.BroadRanges, optional
+        Detector and background ranges of the random instruments.
+    Others : see :func:`on_the_fly_batches`.
+
+    Returns
+    -------
+    train, validation, recipe
+        As :func:`on_the_fly_batches`.
+    """
+    from labdct_live.training.broad import BroadRanges, broad_crops
+
+    if not 0 <= broad_share <= 1:
+        raise ValueError(f"broad_share must be in [0, 1], got {broad_share!r}")
+    paper, broad = ProjectionCache(cache), ProjectionCache(broad_cache)
+    config, ranges = synthesis or SynthesisConfig(), ranges or BroadRanges()
+    crops = CropSettings(size=crop_size)
+    n_broad = int(round(broad_share * batch_size))
+    splits = [split_projections(c, validation_fraction, seed) for c in (paper, broad)]
+    if not all(val for _, val in splits):
+        raise ValueError("validation_fraction must hold out at least one projection of each "
+                         "cache")
+
+    def streams(rng_paper, rng_broad, which: int) -> Iterator[Batch]:
+        return _mixed(generate_crops(paper, rng_paper, config=config, crops=crops,
+                                     projections=splits[0][which]),
+                      broad_crops(broad, rng_broad, ranges=ranges, crops=crops,
+                                  projections=splits[1][which]),
+                      batch_size, n_broad)
+
+    def stream(chunk: int) -> Iterator[Batch]:
+        return streams(np.random.default_rng([seed, 5, chunk]),
+                       np.random.default_rng([seed, 8, chunk]), 0)
+
+    validation = list(islice(streams(np.random.default_rng([seed, 6]),
+                                     np.random.default_rng([seed, 9]), 1), val_batches))
+    recipe = {
+        "kind": "broad",
+        "cache": str(Path(paper.directory).resolve()),
+        "broad_cache": str(Path(broad.directory).resolve()),
+        "acquisitions": [a["name"] for a in paper.index["acquisitions"]],
+        "broad_acquisitions": len(broad.index["acquisitions"]),
+        "n_projections": len(paper), "n_broad_projections": len(broad),
+        "validation_projections": splits[0][1], "broad_validation_projections": splits[1][1],
+        "synthesis": config.to_dict(), "broad_ranges": ranges.to_dict(),
+        "broad_share": n_broad / batch_size, "crops": asdict(crops),
+        "batch_size": batch_size, "val_batches": val_batches, "chunk_steps": chunk_steps,
         "seed": seed,
     }
     return ChunkedBatches(stream, chunk_steps, prefetch), validation, recipe

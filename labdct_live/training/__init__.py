@@ -1,5 +1,6 @@
 """Training data for the denoising U-Net: backgrounds from real frames, synthesis of noisy
-inputs and targets, acquisitions, the projection cache, crops and torch datasets.
+inputs and targets, acquisitions, the projection cache, crops and torch datasets, one
+instrument's training frames and those of random instruments.
 """
 
 from labdct_live._lazy import attach
@@ -24,7 +25,12 @@ _SUBMODULES = {
         "NoiseModel", "NoiseModelError", "estimate_noise", "stack_median",
     ],
     "instrument_data": [
-        "INPUT_MODES", "InstrumentSynthesis", "count_backgrounds", "instrument_crops",
+        "INPUT_MODES", "InstrumentSynthesis", "Scene", "count_backgrounds", "instrument_crops",
+        "scene_crops",
+    ],
+    "broad": [
+        "BroadRanges", "broad_acquisitions", "broad_crops", "random_geometry",
+        "random_noise_model", "random_scene",
     ],
 }
 

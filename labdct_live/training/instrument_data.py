@@ -21,19 +21,21 @@ targets follow the shipped model's convention (LoG of the clean spot image,
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from labdct_live.segmentation.normalization import normalize_frame
+from labdct_live.simulation.geometry import Geometry
 from labdct_live.training.backgrounds import extract_backgrounds
 from labdct_live.training.cache import DatasetError, ProjectionCache
 from labdct_live.training.crops import CropSettings
 from labdct_live.training.noise_model import NoiseModel, stack_median
 from labdct_live.training.synthesis import TARGET_PARAMS, make_target, spot_statistics
 
-__all__ = ["INPUT_MODES", "InstrumentSynthesis", "count_backgrounds", "instrument_crops"]
+__all__ = ["INPUT_MODES", "InstrumentSynthesis", "Scene", "count_backgrounds", "instrument_crops",
+           "scene_crops"]
 
 #: ``raw``: the network sees the frame; ``static``: the frame minus its static background.
 INPUT_MODES = ("raw", "static")
@@ -109,6 +111,7 @@ def count_backgrounds(frames: np.ndarray | Sequence[np.ndarray], *,
 @dataclass
 class _Frame:
     index: int
+    geometry: Geometry
     clean: np.ndarray
     target: np.ndarray
     rows: np.ndarray
@@ -120,7 +123,8 @@ def _load(cache: ProjectionCache, index: int, exclude: np.ndarray | None) -> _Fr
     proj = cache[index]
     target = make_target("log", proj.clean, proj.labels, exclude, TARGET_PARAMS)
     stats = spot_statistics(proj.clean, proj.labels)
-    return _Frame(index, proj.clean, target, stats["row"], stats["col"], stats["mean"])
+    return _Frame(index, proj.geometry, proj.clean, target, stats["row"], stats["col"],
+                  stats["mean"])
 
 
 def compose_frame(clean: np.ndarray, background: np.ndarray, noise: NoiseModel,
@@ -179,30 +183,78 @@ def instrument_crops(cache: ProjectionCache, backgrounds: np.ndarray, noise: Noi
         backgrounds = backgrounds[None]
     if backgrounds.ndim != 3 or not len(backgrounds):
         raise DatasetError(f"backgrounds must be (k, rows, cols), got {backgrounds.shape}")
+
+    def scene(shape: tuple[int, int], _geometry, rng: np.random.Generator):
+        if backgrounds.shape[1:] != shape:
+            raise DatasetError(f"backgrounds are {backgrounds.shape[1:]}, projections "
+                               f"{shape}: they must have the same shape")
+        b = int(rng.integers(len(backgrounds)))
+        return backgrounds[b], noise, {"background": b}
+
+    return scene_crops(cache, scene, rng, settings=settings, crops=crops,
+                       projections=projections, exclude=exclude)
+
+
+#: A frame's scene: ``(shape, geometry, rng) -> (background in counts, noise model, meta)``.
+Scene = Callable[[tuple[int, int], Geometry, np.random.Generator],
+                 tuple[np.ndarray, NoiseModel, dict]]
+
+
+def scene_crops(cache: ProjectionCache, scene: Scene, rng: np.random.Generator, *,
+                settings: InstrumentSynthesis = InstrumentSynthesis(),
+                crops: CropSettings = CropSettings(),
+                projections: Sequence[int] | None = None,
+                exclude: np.ndarray | None | str = None,
+                ) -> Iterator[tuple[np.ndarray, np.ndarray, dict]]:
+    """Endless crops of cached projections, each frame composed on the scene ``scene`` draws.
+
+    What :func:`instrument_crops` does with one instrument's backgrounds and noise, for any
+    source of (background, noise model) per frame, e.g. random instruments
+    (:mod:`labdct_live.training.broad`).
+
+    Parameters
+    ----------
+    cache : ProjectionCache
+    scene : callable
+        ``(shape, geometry, rng) -> (background, noise, meta)`` for each synthetic frame
+        (background in counts, the projection's shape).
+    rng : numpy.random.Generator
+        The only randomness: same state, same crops.
+    settings : InstrumentSynthesis
+    crops : CropSettings
+    projections : sequence of int, optional
+        Cache indices to draw from (all when None).
+    exclude : (H, W) bool, None or "geometry"
+        Beam stop left out of the targets; ``"geometry"``: each projection's own.
+    """
     indices = list(range(len(cache))) if projections is None else list(projections)
     if not indices:
         raise DatasetError("no projections to draw from")
+
+    def load(index: int) -> _Frame:
+        if isinstance(exclude, str):
+            g = cache[index].geometry
+            return _load(cache, index, g.beamstop_mask() if g.has_beamstop else None)
+        return _load(cache, index, exclude)
+
     pool: list[_Frame] = []
     while True:
         if len(pool) < min(crops.pool_size, len(indices)):
-            pool.append(_load(cache, indices[rng.integers(len(indices))], exclude))
+            pool.append(load(indices[rng.integers(len(indices))]))
             proj = pool[-1]
         else:
             slot = int(rng.integers(len(pool)))
             if rng.random() < 1.0 / crops.reuse:
-                pool[slot] = _load(cache, indices[rng.integers(len(indices))], exclude)
+                pool[slot] = load(indices[rng.integers(len(indices))])
             proj = pool[slot]
-        if backgrounds.shape[1:] != proj.clean.shape:
-            raise DatasetError(f"backgrounds are {backgrounds.shape[1:]}, projections "
-                               f"{proj.clean.shape}: they must have the same shape")
-        b = int(rng.integers(len(backgrounds)))
-        x, meta = compose_frame(proj.clean, backgrounds[b], noise, settings, rng, proj.rows,
+        background, noise, scene_meta = scene(proj.clean.shape, proj.geometry, rng)
+        x, meta = compose_frame(proj.clean, background, noise, settings, rng, proj.rows,
                                 proj.cols, proj.means)
         x = normalize_frame(x)
         rows, cols = x.shape
         h = rows if crops.size is None else min(int(crops.size), rows)
         w = cols if crops.size is None else min(int(crops.size), cols)
-        meta.update(projection=proj.index, background=b)
+        meta.update(projection=proj.index, **scene_meta)
         for _ in range(1 if crops.size is None else crops.crops_per_frame):
             if proj.rows.size and rng.random() < crops.spot_fraction:
                 k = int(rng.integers(proj.rows.size))
