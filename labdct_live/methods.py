@@ -38,6 +38,10 @@ logger = logging.getLogger(__name__)
 
 METHODS = ("auto", "dl", "routine")
 
+#: Share of a frame's segmented pixels that are static (:class:`StaticMaskWatch`) above
+#: which the ``dl`` method warns that it segments the background.
+STATIC_WARNING_SHARE = 0.2
+
 #: Spots below this SNR count as weak in the per-frame summary.
 WEAK_SNR = 2.0
 
@@ -148,8 +152,9 @@ class DLMethod(ProcessingMethod):
                  static: bool | None = None, static_background=None, static_window: int = 20,
                  zinger_threshold: float | None = None, grow: float | None = None,
                  min_contrast: float | None = None, **denoiser_options):
+        from labdct_live.models.domain import DomainCheck
         from labdct_live.models.inference import DEFAULT_MIN_SIZE, Denoiser
-        from labdct_live.segmentation.scan_filters import StaticBackground
+        from labdct_live.segmentation.scan_filters import StaticBackground, StaticMaskWatch
 
         self.denoiser = Denoiser(model, **denoiser_options)
         self.threshold = float(self.denoiser.threshold if threshold is None else threshold)
@@ -170,6 +175,13 @@ class DLMethod(ProcessingMethod):
                                   else min_contrast)
         if not 0.0 <= self.grow <= self.threshold:
             raise ValueError(f"grow must be in [0, threshold={self.threshold}], got {self.grow}")
+        # frames unlike the training data are flagged (models.domain); a model saved without
+        # its training range is not checked
+        self.domain = DomainCheck.from_metadata(self.denoiser.metadata)
+        self._flagged: frozenset[str] = frozenset()
+        self._last_flags: dict[str, float] = {}
+        self.static_watch = StaticMaskWatch()
+        self._static_warned = False
         if model is None:  # the shipped model: its file is the provenance
             from labdct_live.models.pretrained import pretrained_path
 
@@ -181,8 +193,47 @@ class DLMethod(ProcessingMethod):
         t0 = time.perf_counter()
         binary, denoised = self.segment_frame(frame)
         labels, _ = label_spots(binary)
-        return [_measure(index, frame, labels, self.exclude, denoised,
-                         time.perf_counter() - t0)]
+        result = _measure(index, frame, labels, self.exclude, denoised,
+                          time.perf_counter() - t0)
+        static_share = self.static_watch(binary)
+        result.extra.update(out_of_domain=self._last_flags, static_share=static_share)
+        self._warn_static(index, static_share)
+        return [result]
+
+    def _warn_static(self, index: int, share: float) -> None:
+        """Warn once when the masks start to follow the background (a share of the segmented
+        pixels stays put while the sample turns), and when that stops."""
+        if not np.isfinite(share):
+            return
+        # hysteresis: a share near the limit does not make the warning flicker
+        high = share >= (STATIC_WARNING_SHARE / 2 if self._static_warned else
+                         STATIC_WARNING_SHARE)
+        if high and not self._static_warned:
+            logger.warning(
+                "frame %d: %.0f %% of the segmented pixels were segmented in nearly all of the "
+                "previous %d frames; spots move with omega, so the segmentation follows static "
+                "background structure (the model does not fit this instrument: see "
+                "docs/adapt.md, or feed it the frame minus its static background)", index,
+                100 * share, self.static_watch.window)
+        elif not high and self._static_warned:
+            logger.info("frame %d: static share of the segmentation back to %.0f %%", index,
+                        100 * share)
+        self._static_warned = high
+
+    def _check_domain(self, network_input: np.ndarray) -> dict[str, float]:
+        """Flags of the network's input; a warning when a scan's frames start (or stop)
+        being unlike the training data, not one per frame."""
+        if self.domain is None:
+            return {}
+        flags = self.domain(network_input, self.exclude)
+        names = frozenset(flags)
+        if names != self._flagged:
+            if flags:
+                logger.warning("%s", self.domain.describe(flags))
+            else:
+                logger.info("frame statistics back within the model's training data")
+            self._flagged = names
+        return flags
 
     def segment_frame(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(mask, denoised)`` of one frame: zingers out, static background subtracted (the
@@ -194,6 +245,7 @@ class DLMethod(ProcessingMethod):
             x, _ = reject_zingers(x, self.zinger_threshold)
         if self.static is not None:
             x = self.static(x)
+        self._last_flags = self._check_domain(x)
         binary, denoised = self.denoiser.segment(x, self.threshold, min_size=self.min_size,
                                                  exclude=self.exclude, return_denoised=True)
         if self.grow > 0:

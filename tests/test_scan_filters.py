@@ -56,3 +56,49 @@ def test_faint_spots_are_dropped_and_spots_grow_to_their_extent():
     grown = grow_spots(core, image, 25.0)
     assert grown.sum() > 3 * core.sum()
     assert grown[8, 8] == 0  # grows only from a spot, never creates one
+
+
+def test_static_mask_watch_tells_a_streak_from_moving_spots():
+    from labdct_live.segmentation.scan_filters import StaticMaskWatch
+
+    rng = np.random.default_rng(0)
+    watch, moving = StaticMaskWatch(window=6, min_frames=3), StaticMaskWatch(window=6,
+                                                                             min_frames=3)
+    streak = np.zeros((64, 64), bool)
+    streak[30, 5:45] = True  # 40 px that never move
+    with_streak, spots_only = [], []
+    for _ in range(12):
+        spots = np.zeros((64, 64), bool)
+        for r, c in rng.integers(2, 60, (6, 2)):  # 6 spots of 9 px, somewhere new each frame
+            spots[r - 1:r + 2, c - 1:c + 2] = True
+        with_streak.append(watch(streak | spots))
+        spots_only.append(moving(spots))
+    assert all(np.isnan(with_streak[:3])) and all(np.isnan(spots_only[:3]))
+    assert np.nanmin(with_streak[3:]) > 0.35  # ~40 of ~94 pixels
+    assert np.nanmax(spots_only[3:]) < 0.1
+    assert np.isnan(watch(np.zeros((64, 64), bool)))  # an empty mask has no share
+    assert np.isnan(watch(np.ones((32, 32), bool)))  # a new detector shape starts afresh
+    with pytest.raises(ValueError):
+        StaticMaskWatch(window=3, min_frames=5)
+
+
+def test_the_dl_method_warns_when_its_masks_stop_moving(caplog):
+    from labdct_live.methods import DLMethod
+
+    rng = np.random.default_rng(1)
+    method = DLMethod(None, threshold=0.3)
+    method.static_watch.min_frames = 3
+    base = 500 + 300 * _spot((128, 128), (64, 64), sigma=40, peak=1.0)
+    streak = np.zeros((128, 128))
+    streak[40, 10:110] = 3000  # bright, static, spot-like to the network
+    caplog.set_level("WARNING", logger="labdct_live.methods")
+    shares = []
+    for k in range(8):
+        frame = base + streak + _spot((128, 128), tuple(rng.integers(20, 108, 2)), peak=4000)
+        frame = rng.poisson(frame).astype(np.uint16)
+        result = method.push(k, frame)[0]
+        shares.append(result.extra["static_share"])
+        assert "out_of_domain" in result.extra
+    assert np.nanmax(shares[3:]) >= 0.2
+    warnings = [r for r in caplog.records if "segmented in nearly all" in r.getMessage()]
+    assert len(warnings) == 1  # once, not once per frame

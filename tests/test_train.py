@@ -84,6 +84,15 @@ def test_a_few_steps_reduce_the_loss_on_spot_images(tmp_path):
     final = load_model(tmp_path / "run" / "model.pt")
     assert final.metadata["metrics"]["f1"] == pytest.approx(after["f1"])
     assert final.metadata["training"]["steps_done"] == 80
+    # the range of its inputs, measured on the validation batches, for DomainCheck
+    from labdct_live.models.domain import DOMAIN_STATISTICS, DomainCheck
+
+    domain = final.metadata["metrics"]["input_domain"]
+    assert domain["frames"] == sum(len(x) for x, _ in VALIDATION)
+    assert all(domain[name][0] <= domain[name][1] for name in DOMAIN_STATISTICS)
+    check = DomainCheck.from_metadata(final.metadata)
+    assert all(check(np.asarray(x), normalized=True) == {} for xs, _ in VALIDATION for x in xs)
+    assert check(10 * np.asarray(VALIDATION[0][0][0]), normalized=True)  # a frame unlike them
     recorded = json.loads((tmp_path / "run" / "config.json").read_text())
     assert recorded["training"]["loss"] == "mse+dice"
 

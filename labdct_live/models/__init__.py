@@ -17,6 +17,7 @@ from labdct_live.models.checkpoint import (
     model_from_checkpoint,
     save_checkpoint,
 )
+from labdct_live.models.domain import DomainCheck, domain_ranges, input_statistics
 from labdct_live.models.inference import Denoiser, denoise, segment_dl
 from labdct_live.models.losses import get_loss
 from labdct_live.models.pretrained import (
@@ -32,12 +33,15 @@ __all__ = [
     "DEFAULT_MODEL",
     "CheckpointError",
     "Denoiser",
+    "DomainCheck",
     "PretrainedWeightsNotFoundError",
     "WEIGHTS_DIR",
     "denoise",
+    "domain_ranges",
     "export_checkpoint",
     "get_loss",
     "get_model",
+    "input_statistics",
     "list_models",
     "load_checkpoint",
     "load_model",

@@ -43,6 +43,7 @@ from torch import nn
 
 from labdct_live.io.output import atomic_file
 from labdct_live.models.checkpoint import load_checkpoint, save_checkpoint
+from labdct_live.models.domain import domain_ranges
 from labdct_live.models.inference import resolve_device
 from labdct_live.models.losses import get_loss
 from labdct_live.models.registry import DEFAULT_MODEL
@@ -505,9 +506,13 @@ def train(
 
     best = load_checkpoint(best_path, map_location="cpu")
     final = _clone_with_weights(model, best["state_dict"])
+    # the range of the inputs it was trained on, for DomainCheck at inference
+    domain = domain_ranges((np.asarray(x).reshape(np.shape(x)[-2:]) for inputs, _ in val_data
+                            for x in inputs), normalized=True)
     save_checkpoint(out / "model.pt", final, training={**training_record,
                     "steps_done": state["step"], "stopped_early": stopped_early},
-                    data=recipe, metrics=best["metrics"], inference={"threshold": config.threshold})
+                    data=recipe, metrics={**best["metrics"], "input_domain": domain},
+                    inference={"threshold": config.threshold})
     return {
         "steps": state["step"],
         "stopped_early": stopped_early,

@@ -10,6 +10,10 @@
 * **Faint spots** (:func:`drop_faint`): a spot whose peak in the frame minus its static
   background stays below a contrast (counts) is dropped; the contrast is chosen, like the
   threshold, by the Friedel score of the scan (``labdct-live adapt``).
+* **Static segmentation** (:class:`StaticMaskWatch`): the share of a frame's segmented
+  pixels that were segmented in nearly every one of the previous frames. Spots move with ω,
+  so a high share means the segmentation follows the background (streaks, a fixed pattern)
+  rather than the spots: a warning sign that the model does not fit the instrument.
 * **Full extent** (:func:`grow_spots`): a thresholded spot is grown into the connected
   pixels of the denoised image above a lower threshold (hysteresis), so a bright spot is not
   cut to its core.
@@ -24,8 +28,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["StaticBackground", "drop_faint", "grow_spots", "load_background_image",
-           "reject_zingers", "subtract_static"]
+__all__ = ["StaticBackground", "StaticMaskWatch", "drop_faint", "grow_spots",
+           "load_background_image", "reject_zingers", "subtract_static"]
 
 _RING = np.array([[1, 1, 1], [1, 0, 1], [1, 1, 1]], bool)
 
@@ -112,6 +116,61 @@ class StaticBackground:
         out = subtract_static(frame, self.current(frame))
         self.push(frame)
         return out
+
+
+class StaticMaskWatch:
+    """Share of each mask's pixels that stayed segmented over the previous frames.
+
+    Parameters
+    ----------
+    window : int
+        Previous frames remembered (bit-packed: 1/8 byte per pixel and frame).
+    min_frames : int
+        Frames needed before a share is given (NaN before).
+    fraction : float
+        A pixel is static when it was segmented in at least this share of the remembered
+        frames.
+
+    Examples
+    --------
+    >>> watch = StaticMaskWatch(window=4, min_frames=2)
+    >>> streak = np.zeros((8, 8), bool); streak[2, :] = True
+    >>> shares = []
+    >>> for k in range(4):
+    ...     spot = np.zeros((8, 8), bool); spot[5, k] = True   # a spot that moves
+    ...     shares.append(watch(streak | spot))
+    >>> [round(s, 2) for s in shares[2:]]
+    [0.89, 0.89]
+    """
+
+    def __init__(self, window: int = 20, min_frames: int = 10, fraction: float = 0.9):
+        if window < 1 or not 1 <= min_frames <= window or not 0 < fraction <= 1:
+            raise ValueError(f"need window >= 1, 1 <= min_frames <= window and 0 < fraction "
+                             f"<= 1, got {window}, {min_frames}, {fraction}")
+        self.window, self.min_frames, self.fraction = int(window), int(min_frames), fraction
+        self._masks: deque[np.ndarray] = deque(maxlen=self.window)
+        self._counts: np.ndarray | None = None
+        self._shape: tuple[int, ...] | None = None
+
+    def __call__(self, mask: np.ndarray) -> float:
+        """The static share of ``mask`` (NaN for the first frames, or an empty mask); the
+        mask then joins the window."""
+        mask = np.asarray(mask) != 0
+        if self._shape != mask.shape:  # a new detector shape starts afresh
+            self._masks.clear()
+            self._counts = np.zeros(mask.shape, np.uint16)
+            self._shape = mask.shape
+        share = float("nan")
+        n = len(self._masks)
+        if n >= self.min_frames and mask.any():
+            static = self._counts >= np.ceil(self.fraction * n)
+            share = float(np.count_nonzero(static & mask) / np.count_nonzero(mask))
+        if n == self.window:
+            oldest = np.unpackbits(self._masks[0], count=mask.size).reshape(mask.shape)
+            self._counts -= oldest
+        self._masks.append(np.packbits(mask))
+        self._counts += mask
+        return share
 
 
 def reject_zingers(frame: np.ndarray, threshold: float) -> tuple[np.ndarray, int]:
