@@ -157,6 +157,11 @@ def test_adapt_runs_and_is_not_worse_than_the_shipped_model(user_scan, capsys):
     adapted = DLMethod(str(out), exclude=exclude)  # by path, as segment and LiveConfig take it
     assert adapted.static is not None and adapted.threshold == checkpoint["inference"][
         "threshold"]
+    # it knows the inputs it was tuned on, and this instrument's frames are among them
+    assert adapted.domain is not None and set(checkpoint["metrics"]["input_domain"]) >= {
+        "noise", "correlation", "structure", "bright_fraction"}
+    frame = np.asarray(held_out[0][0], np.float32)
+    assert adapted.domain(frame - adapted.static.current(frame), exclude) == {}
     live = make_method("dl", model=str(out), exclude=exclude)  # LiveConfig.method_options
     assert live.static is not None and live.min_contrast == adapted.min_contrast
     masks = {"shipped": [shipped.segment_frame(f)[0] for f, _ in held_out],

@@ -20,14 +20,15 @@ time budget:
    threshold, smallest spot size and least spot contrast (peak above the static background,
    in noise SDs; ``static`` input only) that maximise the Friedel-consistent spots per frame
    among the choices with a share of at least ``min_share``
-   (:mod:`labdct_live.segmentation.consistency`);
-   when none reaches it, the choice that maximises consistent × share. The fine-tuned
+   (:mod:`labdct_live.segmentation.consistency`); when none reaches it, the choice that
+   maximises consistent × share. The fine-tuned
    weights compete with the base weights (fed the same way) in that choice, so the adapted
    checkpoint never scores below the base model on those frames; ``weights`` says which won.
 7. **Provenance** in the checkpoint: frames, settings, noise model, the score of the shipped
-   model before and of the adapted one after; the static background (stack median) when the
-   network is fed the frame minus it (``inference.input == "static"``), which the ``dl``
-   method then applies by itself (a rolling median of the last frames once it has them).
+   model before and of the adapted one after; the range of the inputs it was tuned on
+   (synthetic and the scan's own, for :class:`~labdct_live.models.domain.DomainCheck`); the
+   static background (stack median) when the network is fed the frame minus it
+   (``inference.input == "static"``), which the ``dl`` method applies by itself.
 """
 
 from __future__ import annotations
@@ -47,7 +48,9 @@ import torch
 
 from labdct_live.models.checkpoint import load_model, save_checkpoint
 from labdct_live.models.data import ChunkedBatches, _batched
+from labdct_live.models.domain import domain_ranges
 from labdct_live.models.inference import DEFAULT_MIN_SIZE, Denoiser
+from labdct_live.models.pretrained import load_pretrained
 from labdct_live.models.train import TrainConfig, train
 from labdct_live.segmentation.scan_filters import drop_faint, reject_zingers
 from labdct_live.segmentation.threshold import threshold_segment
@@ -343,11 +346,7 @@ def adapt(frames: np.ndarray | Sequence[np.ndarray], instrument, out: str | os.P
     subset = _subset_pairs(instrument.omegas, settings.score_pairs)
     sub_frames = [np.asarray(frames[k]) for k in subset]
     sub_omegas = instrument.omegas[subset] if subset else np.array([])
-    base = load_model(base_model) if base_model is not None else None
-    if base is None:
-        from labdct_live.models import load_pretrained
-
-        base = load_pretrained()
+    base = load_model(base_model) if base_model is not None else load_pretrained()
     base_threshold = float((base.metadata.get("inference") or {}).get("threshold", 0.5))
     before = None
     if subset:
@@ -442,6 +441,7 @@ def adapt(frames: np.ndarray | Sequence[np.ndarray], instrument, out: str | os.P
         torch.set_num_threads(threads)
     timings["training"] = time.perf_counter() - t
     adapted = load_model(result["paths"]["model.pt"])
+    domain = adapted.metadata.get("metrics", {}).get("input_domain")
 
     # 6b. weights, threshold, min size and contrast by the Friedel score: the fine-tuned
     # weights compete with the base weights fed the same way, so the score never drops
@@ -451,11 +451,7 @@ def adapt(frames: np.ndarray | Sequence[np.ndarray], instrument, out: str | os.P
     if subset:
         contrasts = ([c * noise.noise_at_median for c in settings.contrasts]
                      if static is not None else [0.0])
-        fresh = load_model(base_model) if base_model is not None else None
-        if fresh is None:
-            from labdct_live.models import load_pretrained
-
-            fresh = load_pretrained()
+        fresh = load_model(base_model) if base_model is not None else load_pretrained()
         candidates = {"adapted": adapted, "base": fresh}
         for name, net in candidates.items():
             denoised = _denoise_subset(net, sub_frames, static, zinger_threshold,
@@ -463,6 +459,8 @@ def adapt(frames: np.ndarray | Sequence[np.ndarray], instrument, out: str | os.P
             for key, value in _sweep(denoised, THRESHOLDS, sub_omegas, geometry, exclude,
                                      settings.min_sizes, contrasts).items():
                 sweep[(name, *key)] = value
+        # the scan's own inputs belong to the domain the model is now tuned for
+        domain = domain_ranges([x for x, _ in denoised], 0, 100, include=domain)
         (weights, chosen, min_size, contrast), rule = choose_threshold(sweep, settings.min_share)
         after = dict(sweep[weights, chosen, min_size, contrast], weights=weights,
                      threshold=chosen, min_size=min_size, min_contrast=contrast)
@@ -491,7 +489,8 @@ def adapt(frames: np.ndarray | Sequence[np.ndarray], instrument, out: str | os.P
     save_checkpoint(out, adapted, training={**asdict(config), "steps_done": result["steps"],
                                             "base_model": str(base.metadata.get("file", "")),
                                             "base_sha256": str(base.metadata.get("sha256", ""))},
-                    data=recipe, metrics={**result["best_metrics"], "adapt": report},
+                    data=recipe, metrics={**result["best_metrics"], "adapt": report,
+                                          "input_domain": domain},
                     inference=inference)
     _print(f"adapted model: {out} ({timings['total'] / 60:.1f} min)", progress)
     return {**report, "out": str(out)}

@@ -124,7 +124,7 @@ _WHITE_CORRELATION = _white_correlation()
 
 
 def domain_ranges(frames: Iterable[np.ndarray], low: float = 1.0, high: float = 99.0,
-                  normalized: bool = False) -> dict:
+                  normalized: bool = False, include: Mapping | None = None) -> dict:
     """The range of each statistic over training frames (to store with a model).
 
     Parameters
@@ -133,6 +133,9 @@ def domain_ranges(frames: Iterable[np.ndarray], low: float = 1.0, high: float = 
         Training inputs (raw counts, or normalised with ``normalized=True``).
     low, high : float
         Percentiles of the range.
+    include : mapping, optional
+        A range (an earlier result) the returned one must cover too, e.g. the synthetic
+        training inputs' when ``frames`` are a user's own frames.
 
     Returns
     -------
@@ -152,6 +155,11 @@ def domain_ranges(frames: Iterable[np.ndarray], low: float = 1.0, high: float = 
     out: dict = {name: [float(np.percentile(v, low)), float(np.percentile(v, high))]
                  for name, v in values.items() if v}
     out["frames"] = n
+    for name, bounds in (include or {}).items():
+        if name in out and isinstance(bounds, (list, tuple)) and len(bounds) == 2:
+            out[name] = [min(out[name][0], float(bounds[0])), max(out[name][1], float(bounds[1]))]
+    if include:
+        out["frames"] += int(include.get("frames", 0))
     return out
 
 
