@@ -36,7 +36,11 @@ def register(subparsers) -> None:
     p.add_argument("--minutes", type=float, default=25.0,
                    help="time budget of the whole command (default 25)")
     p.add_argument("--steps", type=int, default=None,
-                   help="training steps (default: as many as the budget allows)")
+                   help="training steps (default: as many as the budget allows, at most "
+                        "--max-steps)")
+    p.add_argument("--max-steps", type=int, default=250,
+                   help="most training steps within the budget (default 250: longer "
+                        "fine-tuning scored lower on real frames, docs/adapt.md)")
     p.add_argument("--input", choices=("static", "raw"), default="static",
                    help="what the network sees: the frame minus the scan's static background "
                         "(default) or the raw frame")
@@ -75,7 +79,7 @@ def _check(args: argparse.Namespace) -> None:
     positive = {"--minutes": args.minutes, "--projections": args.projections,
                 "--crop": args.crop, "--batch-size": args.batch_size, "--lr": args.lr,
                 "--val-every": args.val_every, "--score-pairs": args.score_pairs,
-                "--grain-size": args.grain_size}
+                "--grain-size": args.grain_size, "--max-steps": args.max_steps}
     if args.steps is not None:
         positive["--steps"] = args.steps
     if args.sample_diameter is not None:
@@ -116,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--instrument {args.instrument}: the rotation has "
                        f"{len(instrument.omegas)} angles but {folder} has {len(frames)} frames")
     settings = AdaptSettings(
-        minutes=args.minutes, steps=args.steps, input=args.input,
+        minutes=args.minutes, steps=args.steps, max_steps=args.max_steps, input=args.input,
         projections=args.projections, sample_diameter_mm=args.sample_diameter,
         grain_size_mm=args.grain_size, crop=args.crop, batch_size=args.batch_size,
         lr=args.lr, val_every=args.val_every, score_pairs=args.score_pairs,

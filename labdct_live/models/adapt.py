@@ -82,13 +82,15 @@ CONTRASTS = (0.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0)
 class AdaptSettings:
     """Settings of :func:`adapt` (all stored in the checkpoint).
 
-    ``minutes`` bounds the whole command; ``steps`` (when set) fixes the training steps
-    instead. ``input``: ``"static"`` feeds the network the frame minus the stack median,
-    ``"raw"`` the frame itself.
+    ``minutes`` bounds the whole command, and training takes at most ``max_steps`` steps:
+    longer fine-tuning on synthetic pairs drifted away from real frames (docs/adapt.md);
+    ``steps`` (when set) fixes the training steps instead. ``input``: ``"static"`` feeds the
+    network the frame minus the stack median, ``"raw"`` the frame itself.
     """
 
     minutes: float = 25.0
     steps: int | None = None
+    max_steps: int = 250
     input: str = "static"
     projections: int = 24
     sample_diameter_mm: float | None = None
@@ -413,7 +415,7 @@ def adapt(frames: np.ndarray | Sequence[np.ndarray], instrument, out: str | os.P
             # the probe runs cold (pool loading, thread start-up) and was measured to
             # over-estimate a step 4-8x on a busy machine: the schedule is laid out for
             # 8x its estimate and the deadline stops the run when the budget is spent
-            steps = int(8 * budget / max(step_s, 1e-3))
+            steps = min(int(8 * budget / max(step_s, 1e-3)), settings.max_steps)
             steps = max(settings.val_every, steps - steps % settings.val_every)
         steps_file.write_text(json.dumps({"steps": steps, "step_seconds": step_s}))
     config = replace(config, steps=steps)
