@@ -10,6 +10,9 @@ prints one JSON line: voxels/s, tests/s, and the accuracy figures of docs/recons
     python benchmarks/bench_reconstruction.py                       # reduced D35 (default)
     python benchmarks/bench_reconstruction.py --diameter 0.2 --height 0.3 --detector 2032
                                                                      # full D35 (slow)
+
+``--cache DIR`` keeps the simulated frames and the true grain map in DIR (one .npz and one
+.h5 per set of options), so a second run reconstructs the same scan without simulating it.
 """
 
 from __future__ import annotations
@@ -18,12 +21,14 @@ import argparse
 import json
 import resource
 import time
+from pathlib import Path
 from dataclasses import replace
 
 import numpy as np
 
 from labdct_live.acquisition.detector import scaled_geometry
 from labdct_live.grains.compare.comparison import compare_grainmaps
+from labdct_live.grains.formats.gm3d import read_gm3d, write_gm3d
 from labdct_live.reconstruction import (
     ForwardModel,
     ReconstructionOptions,
@@ -47,6 +52,7 @@ def main() -> None:
     p.add_argument("--projections", type=int, default=181)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--voxel-size", type=float, default=None, help="mm (default: the sample's)")
+    p.add_argument("--cache", default=None, help="folder for the simulated frames and truth")
     args = p.parse_args()
 
     spec, geometry = preset(args.preset)
@@ -59,19 +65,39 @@ def main() -> None:
     geometry = scaled_geometry(geometry.with_(n_projections=args.projections, omega_step=step),
                                (args.detector, args.detector))
     t0 = time.perf_counter()
-    sample = make_sample(spec, seed=args.seed)
-    sim = Simulator(sample, geometry)
-    frames = np.empty((args.projections,) + geometry.detector_shape, dtype=bool)
-    spots = []
-    for k, omega in enumerate(geometry.omegas):
-        proj = sim.project(float(omega))
-        frames[k] = proj.labels > 0
-        spots.append(len(proj.spots))
+    stem = None
+    if args.cache:
+        stem = Path(args.cache) / (f"{args.preset}_{args.diameter:g}x{args.height:g}_"
+                                   f"{args.detector}px_{args.projections}p_s{args.seed}")
+    if stem is not None and stem.with_suffix(".npz").is_file():
+        with np.load(stem.with_suffix(".npz")) as cached:
+            frames = np.unpackbits(cached["frames"], axis=-1,
+                                   count=args.detector).astype(bool)
+            spots = list(cached["spots"])
+            voxel_size = float(cached["voxel_size"])
+        truth = read_gm3d(stem.with_suffix(".h5"))
+        n_true = truth.n_grains
+    else:
+        sample = make_sample(spec, seed=args.seed)
+        sim = Simulator(sample, geometry)
+        frames = np.empty((args.projections,) + geometry.detector_shape, dtype=bool)
+        spots = []
+        for k, omega in enumerate(geometry.omegas):
+            proj = sim.project(float(omega))
+            frames[k] = proj.labels > 0
+            spots.append(len(proj.spots))
+        truth = grainmap_of(sample)
+        voxel_size, n_true = sample.voxel_size, sample.n_grains
+        if stem is not None:
+            stem.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(stem.with_suffix(".npz"), frames=np.packbits(frames, axis=-1),
+                     spots=np.asarray(spots), voxel_size=voxel_size)
+            write_gm3d(stem.with_suffix(".h5"), truth)
     t_sim = time.perf_counter() - t0
 
     scan = ScanData(frames, geometry.omegas, geometry, spec.material,
                     SampleEnvelope(spec.diameter, spec.height),
-                    extra={"voxel_size": sample.voxel_size, "n_grains": sample.n_grains})
+                    extra={"voxel_size": voxel_size, "n_grains": n_true})
     t1 = time.perf_counter()
     model = ForwardModel.from_scan(scan)
     options = ReconstructionOptions(voxel_size=args.voxel_size)
@@ -79,7 +105,6 @@ def main() -> None:
     t_rec = time.perf_counter() - t1
     stats = result.stats
 
-    truth = grainmap_of(sample)
     comparison = compare_grainmaps(truth, result.grainmap, resample=True)
     counts = comparison.counts()
     ref = comparison.reference_grains
@@ -92,7 +117,7 @@ def main() -> None:
     search_time = stats["time_null"] + stats["time_search"]
     out = {
         "preset": args.preset, "diameter_mm": args.diameter, "height_mm": args.height,
-        "grains_true": int(sample.n_grains), "detector": args.detector,
+        "grains_true": int(n_true), "detector": args.detector,
         "projections": args.projections, "spots_per_projection": float(np.mean(spots)),
         "voxel_size_um": stats["voxel_size"] * 1e3, "voxels": stats["n_voxels"],
         "simulate_s": round(t_sim, 1), "reconstruct_s": round(t_rec, 1),
