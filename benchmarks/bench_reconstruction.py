@@ -21,8 +21,8 @@ import argparse
 import json
 import resource
 import time
-from pathlib import Path
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 
@@ -34,6 +34,7 @@ from labdct_live.reconstruction import (
     ReconstructionOptions,
     SampleEnvelope,
     ScanData,
+    SearchSettings,
     misorientation_deg,
     reconstruct,
 )
@@ -53,6 +54,11 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--voxel-size", type=float, default=None, help="mm (default: the sample's)")
     p.add_argument("--cache", default=None, help="folder for the simulated frames and truth")
+    p.add_argument("--options", default="{}",
+                   help='ReconstructionOptions as JSON, e.g. \'{"coarse_step": 1, "search": '
+                        '{"n_refine": 4}}\'')
+    p.add_argument("--simulate-only", action="store_true",
+                   help="only fill the --cache (no reconstruction)")
     args = p.parse_args()
 
     spec, geometry = preset(args.preset)
@@ -67,15 +73,15 @@ def main() -> None:
     t0 = time.perf_counter()
     stem = None
     if args.cache:
-        stem = Path(args.cache) / (f"{args.preset}_{args.diameter:g}x{args.height:g}_"
-                                   f"{args.detector}px_{args.projections}p_s{args.seed}")
-    if stem is not None and stem.with_suffix(".npz").is_file():
-        with np.load(stem.with_suffix(".npz")) as cached:
+        stem = str(Path(args.cache) / (f"{args.preset}_{args.diameter:g}x{args.height:g}_"
+                                       f"{args.detector}px_{args.projections}p_s{args.seed}"))
+    if stem is not None and Path(stem + ".npz").is_file():
+        with np.load(stem + ".npz") as cached:
             frames = np.unpackbits(cached["frames"], axis=-1,
                                    count=args.detector).astype(bool)
             spots = list(cached["spots"])
             voxel_size = float(cached["voxel_size"])
-        truth = read_gm3d(stem.with_suffix(".h5"))
+        truth = read_gm3d(stem + ".h5")
         n_true = truth.n_grains
     else:
         sample = make_sample(spec, seed=args.seed)
@@ -89,18 +95,24 @@ def main() -> None:
         truth = grainmap_of(sample)
         voxel_size, n_true = sample.voxel_size, sample.n_grains
         if stem is not None:
-            stem.parent.mkdir(parents=True, exist_ok=True)
-            np.savez(stem.with_suffix(".npz"), frames=np.packbits(frames, axis=-1),
+            Path(args.cache).mkdir(parents=True, exist_ok=True)
+            np.savez(stem + ".npz", frames=np.packbits(frames, axis=-1),
                      spots=np.asarray(spots), voxel_size=voxel_size)
-            write_gm3d(stem.with_suffix(".h5"), truth)
+            write_gm3d(stem + ".h5", truth)
     t_sim = time.perf_counter() - t0
+    if args.simulate_only:
+        print(json.dumps({"cached": stem, "simulate_s": round(t_sim, 1)}))
+        return
 
     scan = ScanData(frames, geometry.omegas, geometry, spec.material,
                     SampleEnvelope(spec.diameter, spec.height),
                     extra={"voxel_size": voxel_size, "n_grains": n_true})
     t1 = time.perf_counter()
     model = ForwardModel.from_scan(scan)
-    options = ReconstructionOptions(voxel_size=args.voxel_size)
+    asked = json.loads(args.options)
+    given = dict(asked)
+    search = replace(SearchSettings(), **given.pop("search", {}))
+    options = ReconstructionOptions(voxel_size=args.voxel_size, search=search, **given)
     result = reconstruct(scan, options, model=model)
     t_rec = time.perf_counter() - t1
     stats = result.stats
@@ -140,6 +152,8 @@ def main() -> None:
                                   ref.loc[ref["class"] == "false negative", "esd_mm"]],
         "true_esd_um_min_median": [round(float(ref["esd_mm"].min()) * 1e3, 1),
                                    round(float(ref["esd_mm"].median()) * 1e3, 1)],
+        "options": asked,
+        "load_average": open("/proc/loadavg").read().split()[:3],
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2),
     }
     print(json.dumps(out))
