@@ -57,6 +57,7 @@ def main() -> None:
     p.add_argument("--options", default="{}",
                    help='ReconstructionOptions as JSON, e.g. \'{"coarse_step": 1, "search": '
                         '{"n_refine": 4}}\'')
+    p.add_argument("--progress", action="store_true", help="progress bars (stderr)")
     p.add_argument("--simulate-only", action="store_true",
                    help="only fill the --cache (no reconstruction)")
     args = p.parse_args()
@@ -113,7 +114,7 @@ def main() -> None:
     given = dict(asked)
     search = replace(SearchSettings(), **given.pop("search", {}))
     options = ReconstructionOptions(voxel_size=args.voxel_size, search=search, **given)
-    result = reconstruct(scan, options, model=model)
+    result = reconstruct(scan, options, model=model, progress=args.progress)
     t_rec = time.perf_counter() - t1
     stats = result.stats
 

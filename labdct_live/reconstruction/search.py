@@ -51,6 +51,9 @@ class SearchSettings:
         Simplex iterations per refinement stage.
     n_refine : int
         Candidates per seed refined (the best distinct ones of the direction test).
+    refine_frames : int or None
+        Frames (evenly spread) of the refinement's local grid and first three simplexes;
+        the last simplex, which also moves the point, uses all frames.
     index : {"auto", "spots", "grid"}
         Where the candidates come from: pairs of populated spot directions seen from the
         seed (:mod:`.spotindex`), or the direction test of every fundamental-zone grid
@@ -78,6 +81,7 @@ class SearchSettings:
     position_range: float = 0.005
     max_iter: int = 120
     n_refine: int = 8
+    refine_frames: int | None = 60
     index: str = "auto"
     auto_fill: float = 0.3
     spot_tol: float = 0.25
@@ -151,10 +155,14 @@ def refine(model: ForwardModel, u0: np.ndarray, p0: np.ndarray, settings: Search
     px_deg = pixels_per_degree(model)
     sigma0 = float(np.clip(px_deg * h * 0.7, 2.0, 40.0))
 
+    # The broad first stages judge on a subset of the frames; the last one on all of them.
+    subset = _frames_subset(model, settings.refine_frames)
+
     def objective(x, sigma, with_position):
         u = perturb(u0, x[:3])
         p = p0 + (x[3:] if with_position else 0.0)
-        s = model.score(p, u, tol_px=settings.tol_px, sigma_px=sigma)
+        s = model.score(p, u, tol_px=settings.tol_px, sigma_px=sigma,
+                        frames=None if with_position else subset)
         n = int(s.n_pred[0])
         return -float(s.soft[0]) / n if n else 0.0
 
