@@ -61,6 +61,10 @@ def main() -> None:
     p.add_argument("--simulate-only", action="store_true",
                    help="only fill the --cache (no reconstruction)")
     args = p.parse_args()
+    if args.progress:
+        import logging
+
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
     spec, geometry = preset(args.preset)
     d35_volume = np.pi * (spec.diameter / 2) ** 2 * spec.height

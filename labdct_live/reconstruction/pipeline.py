@@ -288,6 +288,8 @@ def reconstruct(scan: ScanData, options: ReconstructionOptions | None = None, *,
         if not claimed[index]:
             search_at(int(index))
     stats["time_search"] = time.perf_counter() - t2
+    logger.info("search: %d seeds searched, %d grains, %.1f s", n_searched, len(grains),
+                stats["time_search"])
 
     t3 = time.perf_counter()
     n_assign_tests = 0
@@ -305,6 +307,8 @@ def reconstruct(scan: ScanData, options: ReconstructionOptions | None = None, *,
                 tol_px=settings.tol_px, tie=options.tie,
                 abort_level=float(np.median(grains.completeness)))
             n_assign_tests += result.n_tests
+            logger.info("assignment of %d voxels to %d grains: %d tests, %.1f s since start",
+                        len(points), len(mats), result.n_tests, time.perf_counter() - t0)
             own = result.grain >= 0
             counts = np.bincount(result.grain[own], minlength=len(mats))
             for axis in range(3):
@@ -338,6 +342,7 @@ def reconstruct(scan: ScanData, options: ReconstructionOptions | None = None, *,
         if new_seeds.size == 0:
             break
         before = len(grains)
+        logger.info("re-seeding at %d seeds", len(new_seeds))
         for index in new_seeds:
             search_at(int(index))
         if len(grains) == before:
