@@ -10,6 +10,9 @@ prints one JSON line: voxels/s, tests/s, and the accuracy figures of docs/recons
     python benchmarks/bench_reconstruction.py                       # reduced D35 (default)
     python benchmarks/bench_reconstruction.py --diameter 0.2 --height 0.3 --detector 2032
                                                                      # full D35 (slow)
+
+``--cache DIR`` keeps the simulated frames and the true grain map in DIR (one .npz and one
+.h5 per set of options), so a second run reconstructs the same scan without simulating it.
 """
 
 from __future__ import annotations
@@ -19,16 +22,19 @@ import json
 import resource
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 
 from labdct_live.acquisition.detector import scaled_geometry
 from labdct_live.grains.compare.comparison import compare_grainmaps
+from labdct_live.grains.formats.gm3d import read_gm3d, write_gm3d
 from labdct_live.reconstruction import (
     ForwardModel,
     ReconstructionOptions,
     SampleEnvelope,
     ScanData,
+    SearchSettings,
     misorientation_deg,
     reconstruct,
 )
@@ -47,7 +53,18 @@ def main() -> None:
     p.add_argument("--projections", type=int, default=181)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--voxel-size", type=float, default=None, help="mm (default: the sample's)")
+    p.add_argument("--cache", default=None, help="folder for the simulated frames and truth")
+    p.add_argument("--options", default="{}",
+                   help='ReconstructionOptions as JSON, e.g. \'{"coarse_step": 1, "search": '
+                        '{"n_refine": 4}}\'')
+    p.add_argument("--progress", action="store_true", help="progress bars (stderr)")
+    p.add_argument("--simulate-only", action="store_true",
+                   help="only fill the --cache (no reconstruction)")
     args = p.parse_args()
+    if args.progress:
+        import logging
+
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
     spec, geometry = preset(args.preset)
     d35_volume = np.pi * (spec.diameter / 2) ** 2 * spec.height
@@ -59,27 +76,54 @@ def main() -> None:
     geometry = scaled_geometry(geometry.with_(n_projections=args.projections, omega_step=step),
                                (args.detector, args.detector))
     t0 = time.perf_counter()
-    sample = make_sample(spec, seed=args.seed)
-    sim = Simulator(sample, geometry)
-    frames = np.empty((args.projections,) + geometry.detector_shape, dtype=bool)
-    spots = []
-    for k, omega in enumerate(geometry.omegas):
-        proj = sim.project(float(omega))
-        frames[k] = proj.labels > 0
-        spots.append(len(proj.spots))
+    stem = None
+    if args.cache:
+        stem = str(Path(args.cache) / (f"{args.preset}_{args.diameter:g}x{args.height:g}_"
+                                       f"{args.detector}px_{args.projections}p_s{args.seed}"))
+    if stem is not None and Path(stem + ".npz").is_file():
+        with np.load(stem + ".npz") as cached:
+            frames = np.unpackbits(cached["frames"], axis=-1,
+                                   count=args.detector).astype(bool)
+            spots = list(cached["spots"])
+            voxel_size = float(cached["voxel_size"])
+        truth = read_gm3d(stem + ".h5")
+        n_true = truth.n_grains
+    else:
+        sample = make_sample(spec, seed=args.seed)
+        sim = Simulator(sample, geometry)
+        frames = np.empty((args.projections,) + geometry.detector_shape, dtype=bool)
+        spots = []
+        for k, omega in enumerate(geometry.omegas):
+            proj = sim.project(float(omega))
+            frames[k] = proj.labels > 0
+            spots.append(len(proj.spots))
+        truth = grainmap_of(sample)
+        voxel_size, n_true = sample.voxel_size, sample.n_grains
+        if stem is not None:
+            Path(args.cache).mkdir(parents=True, exist_ok=True)
+            np.savez(stem + ".npz", frames=np.packbits(frames, axis=-1),
+                     spots=np.asarray(spots), voxel_size=voxel_size)
+            write_gm3d(stem + ".h5", truth)
     t_sim = time.perf_counter() - t0
+    if args.simulate_only:
+        print(json.dumps({"cached": stem, "simulate_s": round(t_sim, 1)}))
+        return
 
     scan = ScanData(frames, geometry.omegas, geometry, spec.material,
                     SampleEnvelope(spec.diameter, spec.height),
-                    extra={"voxel_size": sample.voxel_size, "n_grains": sample.n_grains})
+                    extra={"voxel_size": voxel_size, "n_grains": n_true})
     t1 = time.perf_counter()
+    cpu1 = time.process_time()
     model = ForwardModel.from_scan(scan)
-    options = ReconstructionOptions(voxel_size=args.voxel_size)
-    result = reconstruct(scan, options, model=model)
+    asked = json.loads(args.options)
+    given = dict(asked)
+    search = replace(SearchSettings(), **given.pop("search", {}))
+    options = ReconstructionOptions(voxel_size=args.voxel_size, search=search, **given)
+    result = reconstruct(scan, options, model=model, progress=args.progress)
     t_rec = time.perf_counter() - t1
+    cpu_rec = time.process_time() - cpu1
     stats = result.stats
 
-    truth = grainmap_of(sample)
     comparison = compare_grainmaps(truth, result.grainmap, resample=True)
     counts = comparison.counts()
     ref = comparison.reference_grains
@@ -92,10 +136,11 @@ def main() -> None:
     search_time = stats["time_null"] + stats["time_search"]
     out = {
         "preset": args.preset, "diameter_mm": args.diameter, "height_mm": args.height,
-        "grains_true": int(sample.n_grains), "detector": args.detector,
+        "grains_true": int(n_true), "detector": args.detector,
         "projections": args.projections, "spots_per_projection": float(np.mean(spots)),
         "voxel_size_um": stats["voxel_size"] * 1e3, "voxels": stats["n_voxels"],
         "simulate_s": round(t_sim, 1), "reconstruct_s": round(t_rec, 1),
+        "reconstruct_cpu_s": round(cpu_rec, 1),
         "stage_s": {k[5:]: round(v, 1) for k, v in stats.items() if k.startswith("time_")},
         "voxels_per_s": round(stats["n_voxels"] / t_rec, 1),
         "seed_orientation_tests_per_s": round(stats["coarse_tests"] / max(search_time, 1e-9)),
@@ -115,6 +160,8 @@ def main() -> None:
                                   ref.loc[ref["class"] == "false negative", "esd_mm"]],
         "true_esd_um_min_median": [round(float(ref["esd_mm"].min()) * 1e3, 1),
                                    round(float(ref["esd_mm"].median()) * 1e3, 1)],
+        "options": asked,
+        "load_average": open("/proc/loadavg").read().split()[:3],
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2),
     }
     print(json.dumps(out))

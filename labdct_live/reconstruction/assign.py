@@ -20,8 +20,8 @@ from scipy.spatial import cKDTree
 from labdct_live.reconstruction.forward import ForwardModel
 from labdct_live.reconstruction.orientations import misorientation_deg
 
-__all__ = ["Assignment", "assign_voxels", "merge_grains", "drop_small_grains",
-           "grain_adjacency"]
+__all__ = ["Assignment", "assign_voxels", "assign_coarse_to_fine", "merge_grains",
+           "drop_small_grains", "grain_adjacency", "neighbour_pairs", "radius_pairs"]
 
 
 @dataclass
@@ -33,10 +33,69 @@ class Assignment:
     n_tests: int  #: voxel-grain pairs tested
 
 
+def radius_pairs(points: np.ndarray, centres: np.ndarray, radius: float
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """(voxel, grain) pairs of every voxel with every grain whose centre is within
+    ``radius`` (mm)."""
+    if len(centres) == 0 or len(points) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    neighbours = cKDTree(centres).query_ball_point(points, r=radius)
+    counts = np.fromiter((len(n) for n in neighbours), dtype=np.int64, count=len(points))
+    vox = np.repeat(np.arange(len(points)), counts)
+    grn = np.fromiter((g for n in neighbours for g in n), dtype=np.int64,
+                      count=int(counts.sum()))
+    return vox, grn
+
+
+def neighbour_pairs(ijk: np.ndarray, labels: np.ndarray, known: np.ndarray, reach: int
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(voxel, grain) pairs from the labels of known voxels nearby.
+
+    Every voxel gets the grains (labels >= 0) of the ``known`` voxels within ``reach``
+    voxels (per axis). A grain map is made of large regions, so a voxel can only belong to
+    a grain that owns a voxel next to it: this replaces the tests of every grain within the
+    search radius by the two or three grains around the voxel.
+
+    Parameters
+    ----------
+    ijk : ndarray of int, shape (V, 3)
+        Voxel indices.
+    labels : ndarray of int, shape (V,)
+        Grain of each voxel (-1 = none); read only where ``known``.
+    known : ndarray of bool, shape (V,)
+    reach : int
+
+    Returns
+    -------
+    vox, grn : ndarray of int
+        The pairs.
+    full : ndarray of bool, shape (V,)
+        Voxels that need every grain within the radius instead: an unassigned known voxel
+        or no known voxel lies within ``reach``.
+    """
+    lo = ijk.min(axis=0)
+    idx = ijk - lo + reach
+    vol = np.full(tuple(idx.max(axis=0) + reach + 1), -2, dtype=np.int32)
+    vol[tuple(idx[known].T)] = labels[known]
+    steps = np.arange(-reach, reach + 1)
+    offsets = np.stack(np.meshgrid(steps, steps, steps, indexing="ij"), -1).reshape(-1, 3)
+    vals = np.empty((len(ijk), len(offsets)), dtype=np.int32)
+    for n, off in enumerate(offsets):
+        vals[:, n] = vol[tuple((idx + off).T)]
+    full = (vals == -1).any(axis=1) | (vals == -2).all(axis=1)
+    vals.sort(axis=1)
+    keep = vals >= 0
+    keep[:, 1:] &= vals[:, 1:] != vals[:, :-1]
+    keep[full] = False
+    vox, col = np.nonzero(keep)
+    return vox.astype(np.int64), vals[vox, col].astype(np.int64), full
+
+
 def assign_voxels(model: ForwardModel, points: np.ndarray, orientations: np.ndarray,
                   centres: np.ndarray, *, radius: float, threshold: float, tol_px: float,
                   tie: float = 0.02, depth_cap: float = 0.0, abort_level: float | None = None,
-                  chunk: int = 200_000) -> Assignment:
+                  chunk: int = 200_000, pairs: tuple[np.ndarray, np.ndarray] | None = None
+                  ) -> Assignment:
     """Best grain of each voxel among the grains whose centre is within ``radius``.
 
     Parameters
@@ -69,6 +128,9 @@ def assign_voxels(model: ForwardModel, points: np.ndarray, orientations: np.ndar
         that cannot reach half of it cannot win the voxel.
     chunk : int
         Voxel-grain pairs scored per kernel call.
+    pairs : (vox, grn) arrays, optional
+        The (voxel, grain) pairs to test (e.g. :func:`neighbour_pairs`); pairs farther than
+        ``radius`` are dropped. Default: :func:`radius_pairs`.
 
     Returns
     -------
@@ -80,16 +142,24 @@ def assign_voxels(model: ForwardModel, points: np.ndarray, orientations: np.ndar
     best = np.zeros(n_vox)
     if len(orientations) == 0 or n_vox == 0:
         return Assignment(grain, best, 0)
-    tree = cKDTree(centres)
-    neighbours = tree.query_ball_point(points, r=radius)
-    counts = np.fromiter((len(n) for n in neighbours), dtype=np.int64, count=n_vox)
-    vox = np.repeat(np.arange(n_vox), counts)
-    grn = np.fromiter((g for n in neighbours for g in n), dtype=np.int64, count=int(counts.sum()))
-    # Hopeless pairs stop early: below half the threshold after 30 predictions.
+    if pairs is None:
+        vox, grn = radius_pairs(points, centres, radius)
+    else:
+        vox, grn = (np.asarray(a, np.int64) for a in pairs)
+    dist = np.linalg.norm(points[vox] - centres[grn], axis=1)
+    if pairs is not None:
+        near = dist <= radius
+        vox, grn, dist = vox[near], grn[near], dist[near]
+    if len(vox) == 0:
+        return Assignment(grain, best, 0)
+    # Pairs of one grain in a row: neighbouring voxels of a grain read the same pixels of
+    # the distance maps, which then stay in the CPU cache.
+    by_grain = np.lexsort((vox, grn))
     comp = np.zeros(len(vox))
     depth = np.zeros(len(vox))
     for start in range(0, len(vox), chunk):
-        sl = slice(start, start + chunk)
+        sl = by_grain[start:start + chunk]
+        # Hopeless pairs stop early: below half the abort level after 30 predictions.
         if depth_cap > 0:
             s = model.score(points[vox[sl]], orientations[grn[sl]], tol_px=tol_px,
                             depth_cap_px=depth_cap, abort_after=30,
@@ -100,9 +170,6 @@ def assign_voxels(model: ForwardModel, points: np.ndarray, orientations: np.ndar
                                    radius * 1.05, tol_px=tol_px, abort_after=30,
                                    abort_frac=0.5 * abort_level)
         comp[sl] = s.completeness
-    if len(vox) == 0:
-        return Assignment(grain, best, 0)
-    dist = np.linalg.norm(points[vox] - centres[grn], axis=1)
     np.maximum.at(best, vox, comp)
     # Among pairs within `tie` of their voxel's best: the deepest spots (rounded to 0.1 px),
     # then the nearest centre.
@@ -116,6 +183,61 @@ def assign_voxels(model: ForwardModel, points: np.ndarray, orientations: np.ndar
     grain[vox[pick]] = grn[pick]
     grain[best < threshold] = -1
     return Assignment(grain, best, int(len(vox)))
+
+
+def assign_coarse_to_fine(model: ForwardModel, points: np.ndarray, ijk: np.ndarray,
+                          orientations: np.ndarray, centres: np.ndarray, *,
+                          previous: np.ndarray | None = None, step: int = 2,
+                          **kwargs) -> Assignment:
+    """:func:`assign_voxels` that tests each voxel only against the grains around it.
+
+    Without ``previous``, the voxels on a lattice of ``step`` voxels are assigned first
+    (every grain within the radius); every voxel then tests the grains of the lattice
+    voxels within ``step`` of it (:func:`neighbour_pairs`). With ``previous`` (an
+    assignment of the same voxels), every voxel tests the grains of its face, edge and
+    corner neighbours in it. Voxels next to an unassigned one test every grain within the
+    radius.
+
+    Parameters
+    ----------
+    model, points, orientations, centres
+        As :func:`assign_voxels`.
+    ijk : ndarray of int, shape (V, 3)
+        Voxel indices of ``points``.
+    previous : ndarray of int, shape (V,), optional
+        Grain of each voxel from an earlier pass with the same grains (-1 = none).
+    step : int
+        Lattice spacing (voxels) of the first pass.
+    **kwargs
+        ``radius``, ``threshold``, ``tol_px``, ``tie``, ``abort_level`` of
+        :func:`assign_voxels`.
+
+    Returns
+    -------
+    Assignment
+        ``n_tests`` counts the tests of both passes.
+    """
+    n_tests = 0
+    if previous is None:
+        coarse = np.flatnonzero(np.all(ijk % step == step // 2, axis=1))
+        if coarse.size < 8 or step <= 1:
+            return assign_voxels(model, points, orientations, centres, **kwargs)
+        first = assign_voxels(model, points[coarse], orientations, centres, **kwargs)
+        n_tests += first.n_tests
+        labels = np.full(len(points), -1, dtype=np.int64)
+        labels[coarse] = first.grain
+        known = np.zeros(len(points), dtype=bool)
+        known[coarse] = True
+        reach = step
+    else:
+        labels, known, reach = np.asarray(previous), np.ones(len(points), bool), 1
+    vox, grn, full = neighbour_pairs(ijk, labels, known, reach)
+    fv, fg = radius_pairs(points[full], centres, kwargs["radius"])
+    vox = np.concatenate([vox, np.flatnonzero(full)[fv]])
+    grn = np.concatenate([grn, fg])
+    result = assign_voxels(model, points, orientations, centres, pairs=(vox, grn), **kwargs)
+    result.n_tests += n_tests
+    return result
 
 
 def grain_adjacency(labels: np.ndarray) -> np.ndarray:

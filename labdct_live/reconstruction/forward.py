@@ -77,6 +77,15 @@ class ForwardModel:
         self._bs = np.array(g.beamstop if g.has_beamstop else (1, 0, 1, 0), dtype=np.int64)
         self._shape = np.array(g.detector_shape, dtype=np.int64)
         self._sx = -float(g.lss)
+        self._fill: dict[float, float] = {}
+
+    def polar_fill(self, tol_deg: float) -> float:
+        """Fraction of the polar maps within ``tol_deg`` of a segmented direction: how
+        much a random direction test matches (cached)."""
+        if tol_deg not in self._fill:
+            self._fill[tol_deg] = float(np.mean(self.maps.polar <= tol_deg
+                                                / self.maps.polar_unit))
+        return self._fill[tol_deg]
 
     @classmethod
     def from_scan(cls, scan: ScanData, maps: HitMaps | None = None, *, depth: bool = False,

@@ -29,7 +29,8 @@ from scipy import ndimage
 from labdct_live.reconstruction import _kernels
 from labdct_live.simulation.geometry import Geometry
 
-__all__ = ["HitMaps", "build_hit_maps", "pixel_depth_map", "pixel_distance_map", "PIXEL_UNIT"]
+__all__ = ["HitMaps", "build_hit_maps", "pixel_depth_map", "pixel_distance_map",
+           "spot_centroids", "PIXEL_UNIT"]
 
 #: Resolution of the stored pixel distance (px per unit of the uint8 map).
 PIXEL_UNIT = 0.25
@@ -85,6 +86,9 @@ class HitMaps:
         Cell size of the polar maps in 2θ and η (degrees); 2θ starts at 0, η at -180°.
     polar_unit : float
         Degrees per unit of ``polar``.
+    spots : ndarray, shape (N, 3), or None
+        Centroid of every segmented spot (8-connected region): frame, row, column; the
+        spot-pair indexing (:mod:`.spotindex`) starts from them.
     """
 
     pixel: np.ndarray
@@ -93,6 +97,7 @@ class HitMaps:
     tt_step: float
     eta_step: float
     polar_unit: float
+    spots: np.ndarray | None = None
 
     @property
     def nbytes(self) -> int:
@@ -109,6 +114,19 @@ def _pixel_directions(geometry: Geometry, rows: np.ndarray, cols: np.ndarray
     tt = np.degrees(np.arccos(np.clip(q[..., 0] / qn, -1, 1)))
     eta = np.degrees(np.arctan2(-q[..., 1], q[..., 2]))
     return tt, eta
+
+
+def spot_centroids(frame: np.ndarray) -> np.ndarray:
+    """(row, col) centroids (K, 2) of the 8-connected spots of a binary frame."""
+    labels, n = ndimage.label(frame, structure=np.ones((3, 3), bool))
+    if n == 0:
+        return np.zeros((0, 2))
+    rr, cc = np.nonzero(labels)
+    lab = labels[rr, cc]
+    size = np.bincount(lab, minlength=n + 1)[1:]
+    row = np.bincount(lab, weights=rr, minlength=n + 1)[1:] / size
+    col = np.bincount(lab, weights=cc, minlength=n + 1)[1:] / size
+    return np.stack([row, col], axis=1)
 
 
 def _polar_occupancy(frame: np.ndarray, geometry: Geometry, n_tt: int, n_eta: int,
@@ -168,8 +186,11 @@ def build_hit_maps(frames: np.ndarray, geometry: Geometry, *, tt_step: float = 0
     polar = np.empty((n, n_tt, n_eta), dtype=np.uint8)
     max_deg = 254 * polar_unit
     pad = int(np.ceil(max_deg / eta_step)) + 1
+    spots = []
     for k in tqdm(range(n), desc="distance maps", unit="frame", disable=not progress):
         pixel[k] = pixel_distance_map(frames[k])
+        rc = spot_centroids(frames[k])
+        spots.append(np.concatenate([np.full((len(rc), 1), float(k)), rc], axis=1))
         if depth_maps is not None:
             depth_maps[k] = pixel_depth_map(frames[k])
         occ = _polar_occupancy(frames[k], geometry, n_tt, n_eta, tt_step, eta_step)
@@ -181,4 +202,5 @@ def build_hit_maps(frames: np.ndarray, geometry: Geometry, *, tt_step: float = 0
         d = d[:, pad:pad + n_eta]
         polar[k] = np.minimum(np.rint(d / polar_unit), 255).astype(np.uint8)
     return HitMaps(pixel=pixel, depth=depth_maps, polar=polar, tt_step=float(tt_step),
-                   eta_step=float(eta_step), polar_unit=float(polar_unit))
+                   eta_step=float(eta_step), polar_unit=float(polar_unit),
+                   spots=np.concatenate(spots) if spots else np.zeros((0, 3)))

@@ -12,7 +12,6 @@ from itertools import permutations, product
 from pathlib import Path
 
 import numpy as np
-from scipy.spatial.transform import Rotation
 
 __all__ = ["cubic_operators", "fundamental_zone_grid", "misorientation_deg", "perturb",
            "select_distinct"]
@@ -111,8 +110,16 @@ def misorientation_deg(u_a: np.ndarray, u_b: np.ndarray) -> np.ndarray:
 
 def perturb(u: np.ndarray, rotvec_deg: np.ndarray) -> np.ndarray:
     """``R(δ) U``: U turned by the rotation vector δ (degrees, sample frame)."""
-    r = Rotation.from_rotvec(np.radians(np.asarray(rotvec_deg, float).reshape(-1, 3)))
-    out = r.as_matrix() @ np.asarray(u, float)
+    v = np.radians(np.asarray(rotvec_deg, float).reshape(-1, 3))
+    # Rodrigues' formula (scipy's Rotation costs more than the simplex's score call)
+    angle = np.linalg.norm(v, axis=1)
+    axis = v / np.where(angle > 0, angle, 1.0)[:, None]
+    k = np.zeros((len(v), 3, 3))
+    k[:, 0, 1], k[:, 0, 2], k[:, 1, 2] = -axis[:, 2], axis[:, 1], -axis[:, 0]
+    k[:, 1, 0], k[:, 2, 0], k[:, 2, 1] = axis[:, 2], -axis[:, 1], axis[:, 0]
+    sin, cos = np.sin(angle)[:, None, None], np.cos(angle)[:, None, None]
+    r = np.eye(3) + sin * k + (1.0 - cos) * (k @ k)
+    out = r @ np.asarray(u, float)
     return out[0] if np.ndim(rotvec_deg) == 1 else out
 
 

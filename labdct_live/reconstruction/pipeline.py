@@ -13,7 +13,12 @@ from scipy.spatial import cKDTree
 
 from labdct_live.grains.grainmap import GrainMap
 from labdct_live.grains.orientations import matrix_to_bunge
-from labdct_live.reconstruction.assign import assign_voxels, drop_small_grains, merge_grains
+from labdct_live.reconstruction.assign import (
+    assign_coarse_to_fine,
+    assign_voxels,
+    drop_small_grains,
+    merge_grains,
+)
 from labdct_live.reconstruction.data import ReconstructionError, ScanData
 from labdct_live.reconstruction.forward import ForwardModel
 from labdct_live.reconstruction.orientations import fundamental_zone_grid, misorientation_deg
@@ -70,6 +75,10 @@ class ReconstructionOptions:
     skip_explained : bool
         Skip seeds that an accepted grain already explains as well as its own seed (faster;
         may miss a grain whose neighbour fits its voxels equally well).
+    coarse_step : int
+        Voxel assignment first assigns a lattice of this many voxels, then tests every
+        voxel only against the grains of the lattice voxels around it; 1 tests every voxel
+        against every grain within the search radius (slower, same map in the tests).
     low_completeness : float
         A warning is issued when the grains' median completeness is below this.
     seed : int
@@ -88,6 +97,7 @@ class ReconstructionOptions:
     reseed: int = 20
     far_seed: float = 0.7
     skip_explained: bool = True
+    coarse_step: int = 2
     low_completeness: float = 0.75
     seed: int = 0
 
@@ -278,6 +288,8 @@ def reconstruct(scan: ScanData, options: ReconstructionOptions | None = None, *,
         if not claimed[index]:
             search_at(int(index))
     stats["time_search"] = time.perf_counter() - t2
+    logger.info("search: %d seeds searched, %d grains, %.1f s", n_searched, len(grains),
+                stats["time_search"])
 
     t3 = time.perf_counter()
     n_assign_tests = 0
@@ -287,10 +299,16 @@ def reconstruct(scan: ScanData, options: ReconstructionOptions | None = None, *,
         mats, centres = grains.arrays()
         result = None
         for _ in range(n_iter):
-            result = assign_voxels(model, points, mats, centres, radius=radius,
-                                   threshold=threshold, tol_px=settings.tol_px, tie=options.tie,
-                                   abort_level=float(np.median(grains.completeness)))
+            # the second pass only tests the grains next to each voxel in the first
+            previous = None if result is None or options.coarse_step <= 1 else result.grain
+            result = assign_coarse_to_fine(
+                model, points, ijk, mats, centres, previous=previous,
+                step=options.coarse_step, radius=radius, threshold=threshold,
+                tol_px=settings.tol_px, tie=options.tie,
+                abort_level=float(np.median(grains.completeness)))
             n_assign_tests += result.n_tests
+            logger.info("assignment of %d voxels to %d grains: %d tests, %.1f s since start",
+                        len(points), len(mats), result.n_tests, time.perf_counter() - t0)
             own = result.grain >= 0
             counts = np.bincount(result.grain[own], minlength=len(mats))
             for axis in range(3):
@@ -324,6 +342,7 @@ def reconstruct(scan: ScanData, options: ReconstructionOptions | None = None, *,
         if new_seeds.size == 0:
             break
         before = len(grains)
+        logger.info("re-seeding at %d seeds", len(new_seeds))
         for index in new_seeds:
             search_at(int(index))
         if len(grains) == before:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy.optimize import minimize
@@ -51,6 +51,25 @@ class SearchSettings:
         Simplex iterations per refinement stage.
     n_refine : int
         Candidates per seed refined (the best distinct ones of the direction test).
+    refine_frames : int or None
+        Frames (evenly spread) of the refinement's local grid and first three simplexes;
+        the last simplex, which also moves the point, uses all frames.
+    index : {"auto", "spots", "grid"}
+        Where the candidates come from: pairs of populated spot directions seen from the
+        seed (:mod:`.spotindex`), or the direction test of every fundamental-zone grid
+        point (saturates on crowded frames: on the full D35 a random orientation matches
+        98 % of its spots within ``direction_tol``). ``"auto"``: spots when more than
+        ``auto_fill`` of the polar maps lies within ``direction_tol`` of a segmented
+        direction, else the grid.
+    auto_fill : float
+        See ``index``.
+    spot_tol : float
+        Angular radius (degrees) of a populated direction (``index="spots"``).
+    max_peaks : int
+        Populated directions paired per seed (``index="spots"``).
+    n_ranked : int
+        Distinct spot-pair candidates ranked by the smooth pixel score before the
+        ``n_refine`` best are refined (``index="spots"``).
     """
 
     grid_resolution: float = 3.0
@@ -62,6 +81,12 @@ class SearchSettings:
     position_range: float = 0.005
     max_iter: int = 120
     n_refine: int = 8
+    refine_frames: int | None = 60
+    index: str = "auto"
+    auto_fill: float = 0.3
+    spot_tol: float = 0.25
+    max_peaks: int = 150
+    n_ranked: int = 32
 
 
 @dataclass(frozen=True)
@@ -130,10 +155,14 @@ def refine(model: ForwardModel, u0: np.ndarray, p0: np.ndarray, settings: Search
     px_deg = pixels_per_degree(model)
     sigma0 = float(np.clip(px_deg * h * 0.7, 2.0, 40.0))
 
+    # The broad first stages judge on a subset of the frames; the last one on all of them.
+    subset = _frames_subset(model, settings.refine_frames)
+
     def objective(x, sigma, with_position):
         u = perturb(u0, x[:3])
         p = p0 + (x[3:] if with_position else 0.0)
-        s = model.score(p, u, tol_px=settings.tol_px, sigma_px=sigma)
+        s = model.score(p, u, tol_px=settings.tol_px, sigma_px=sigma,
+                        frames=None if with_position else subset)
         n = int(s.n_pred[0])
         return -float(s.soft[0]) / n if n else 0.0
 
@@ -197,6 +226,8 @@ def search_seed(model: ForwardModel, seed: np.ndarray, grid: np.ndarray,
     n_tests : int
         Seed-orientation tests made by the direction search (orientations x frames).
     """
+    if index_method(model, settings) == "spots":
+        return _search_spots(model, seed, settings, min_quick=min_quick, known=known)
     frames = _frames_subset(model, settings.coarse_frames)
     n_pred, n_match = model.coarse(seed, grid, tol_deg=settings.direction_tol, frames=frames,
                                    abort_after=16, abort_frac=0.45)
@@ -218,6 +249,56 @@ def search_seed(model: ForwardModel, seed: np.ndarray, grid: np.ndarray,
     with ThreadPoolExecutor(max_workers=max(1, min(len(chosen), _threads()))) as pool:
         full = list(pool.map(
             lambda i: refine(model, grid[i], seed, settings, coarse_score=frac[i]), chosen))
+    full = [c for c in full if c.completeness >= min_quick]
+    return sorted(full, key=lambda c: -c.completeness), n_tests
+
+
+def index_method(model: ForwardModel, settings: SearchSettings) -> str:
+    """``settings.index``, with ``"auto"`` resolved on the scan's polar maps."""
+    if settings.index in ("spots", "grid"):
+        return settings.index
+    if settings.index != "auto":
+        raise ValueError(f"index must be 'auto', 'spots' or 'grid', got {settings.index!r}")
+    crowded = model.polar_fill(settings.direction_tol) > settings.auto_fill
+    return "spots" if crowded and model.maps.spots is not None else "grid"
+
+
+def _refine_all(model: ForwardModel, starts: np.ndarray, seed: np.ndarray,
+                settings: SearchSettings, scores: np.ndarray) -> list[Candidate]:
+    """Refine every start orientation; the simplexes are independent and the kernel
+    releases the GIL: one thread per core."""
+    with ThreadPoolExecutor(max_workers=max(1, min(len(starts), _threads()))) as pool:
+        return list(pool.map(
+            lambda k: refine(model, starts[k], seed, settings, coarse_score=scores[k]),
+            range(len(starts))))
+
+
+def _search_spots(model: ForwardModel, seed: np.ndarray, settings: SearchSettings, *,
+                  min_quick: float, known: np.ndarray | None) -> tuple[list[Candidate], int]:
+    """:func:`search_seed` with spot-pair candidates (:func:`.spotindex.spot_candidates`)."""
+    from labdct_live.reconstruction.spotindex import spot_candidates
+
+    mats, votes = spot_candidates(model, seed, tol_deg=settings.spot_tol,
+                                  max_peaks=settings.max_peaks)
+    n_tests = len(mats)
+    if len(mats) == 0:
+        return [], n_tests
+    order = np.arange(min(len(mats), 40 * settings.n_ranked))
+    if known is not None and len(known):
+        near_known = misorientation_deg(mats[order][:, None], known[None]).min(axis=1)
+        order = order[near_known >= settings.candidate_separation]
+    chosen = np.asarray(select_distinct(mats, order, settings.n_ranked,
+                                        settings.candidate_separation), dtype=np.int64)
+    if chosen.size == 0:
+        return [], n_tests
+    # The spot-pair orientations are within a few tenths of a degree: rank them by the
+    # smooth pixel score at that scale, then refine the best with a matching local grid.
+    fine = replace(settings, grid_resolution=2.0 * settings.spot_tol)
+    sigma = float(np.clip(pixels_per_degree(model) * settings.spot_tol, 2.0, 40.0))
+    s = model.score(np.broadcast_to(seed, (chosen.size, 3)), mats[chosen], sigma_px=sigma)
+    soft = s.soft / np.maximum(s.n_pred, 1)
+    best = chosen[np.argsort(-soft, kind="stable")[: settings.n_refine]]
+    full = _refine_all(model, mats[best], seed, fine, votes[best].astype(float))
     full = [c for c in full if c.completeness >= min_quick]
     return sorted(full, key=lambda c: -c.completeness), n_tests
 
