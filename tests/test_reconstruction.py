@@ -296,5 +296,7 @@ def test_coarse_to_fine_assignment_agrees_with_the_full_one(scan, result):
     assert np.mean(fast.grain == full.grain) > 0.99  # 1.0 when written
     assert np.mean(again.grain == full.grain) > 0.99
     assert fast.n_tests < 0.5 * full.n_tests and again.n_tests < 0.3 * full.n_tests
-    assigned = full.grain >= 0
-    assert np.allclose(fast.completeness[assigned], full.completeness[assigned], atol=0.02)
+    # where both chose the same grain, the same completeness (a boundary voxel of two equal
+    # fits may go either way, see "Ties")
+    same = (full.grain >= 0) & (fast.grain == full.grain)
+    assert np.allclose(fast.completeness[same], full.completeness[same], atol=0.02)

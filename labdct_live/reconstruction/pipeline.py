@@ -79,6 +79,14 @@ class ReconstructionOptions:
         Voxel assignment first assigns a lattice of this many voxels, then tests every
         voxel only against the grains of the lattice voxels around it; 1 tests every voxel
         against every grain within the search radius (slower, same map in the tests).
+    claim_level : float or None
+        Only grains at least this complete at their seed claim seeds (``skip_explained``)
+        and are kept unconditionally; a weaker grain (the orientation of a grain farther
+        away often reaches 0.2-0.4 at a seed) is kept only when it reaches
+        ``accept_fraction`` of the strong grains' median completeness. Halfway between the
+        threshold and 1 when None.
+    accept_fraction : float
+        See ``claim_level``.
     low_completeness : float
         A warning is issued when the grains' median completeness is below this.
     seed : int
@@ -98,6 +106,8 @@ class ReconstructionOptions:
     far_seed: float = 0.7
     skip_explained: bool = True
     coarse_step: int = 2
+    claim_level: float | None = None
+    accept_fraction: float = 0.5
     low_completeness: float = 0.75
     seed: int = 0
 
@@ -177,6 +187,12 @@ class _Grains:
         self.centres.append(np.asarray(centre, float))
         self.completeness.append(float(completeness))
 
+    def keep(self, which: np.ndarray) -> None:
+        """Keep only the grains where ``which`` is true."""
+        self.orientations = [u for u, k in zip(self.orientations, which) if k]
+        self.centres = [c for c, k in zip(self.centres, which) if k]
+        self.completeness = [c for c, k in zip(self.completeness, which) if k]
+
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
         return (np.array(self.orientations).reshape(-1, 3, 3),
                 np.array(self.centres).reshape(-1, 3))
@@ -245,6 +261,15 @@ def reconstruct(scan: ScanData, options: ReconstructionOptions | None = None, *,
     logger.info("acceptance threshold %.3f (null: %s)", threshold, np.round(null, 3))
 
     grains = _Grains()
+    claim_level = (threshold + 0.5 * (1.0 - threshold) if options.claim_level is None
+                   else max(threshold, float(options.claim_level)))
+
+    def accept_level() -> float:
+        strong = [c for c in grains.completeness if c >= claim_level]
+        if len(strong) < 3:
+            return threshold
+        return max(threshold, options.accept_fraction * float(np.median(strong)))
+
     claimed = np.zeros(len(points), dtype=bool)
     searched = np.zeros(len(points), dtype=bool)
     seed_tree = cKDTree(points[seeds])
@@ -268,7 +293,7 @@ def reconstruct(scan: ScanData, options: ReconstructionOptions | None = None, *,
         n_searched += 1
         searched[index] = True
         for cand in cands:
-            if cand.completeness < threshold:
+            if cand.completeness < accept_level():
                 continue
             near = seeds[seed_tree.query_ball_point(cand.position, r=radius)]
             s = model.score(points[near], cand.orientation, tol_px=settings.tol_px)
@@ -279,7 +304,7 @@ def reconstruct(scan: ScanData, options: ReconstructionOptions | None = None, *,
             grains.add(cand.orientation, centre, cand.completeness)
             # Seeds this grain explains as well as its own seed need no search.
             level = max(threshold, cand.completeness - 0.05)
-            if options.skip_explained:
+            if options.skip_explained and cand.completeness >= claim_level:
                 claimed[near[s.completeness >= level]] = True
         claimed[index] = True
         search_clock[0] += time.perf_counter() - started
@@ -287,6 +312,8 @@ def reconstruct(scan: ScanData, options: ReconstructionOptions | None = None, *,
     for index in tqdm(seeds, desc="search seeds", unit="seed", disable=not progress):
         if not claimed[index]:
             search_at(int(index))
+    # Weak grains accepted before the strong ones set the level.
+    grains.keep(np.asarray(grains.completeness) >= accept_level())
     stats["time_search"] = time.perf_counter() - t2
     logger.info("search: %d seeds searched, %d grains, %.1f s", n_searched, len(grains),
                 stats["time_search"])
