@@ -30,6 +30,7 @@ from labdct_live.reconstruction import (
     misorientation_deg,
     reconstruct,
 )
+from labdct_live.reconstruction.orientations import perturb
 from labdct_live.reconstruction.output import write_reconstruction
 from labdct_live.reconstruction.readers import read_scan
 from labdct_live.simulation.geometry import Geometry
@@ -272,6 +273,45 @@ def test_spot_pairs_index_the_grains_from_their_centroids(scan, truth):
     if len(mats):
         real = misorientation_deg(mats[:20][:, None], truth.orientations[truth.grain_list][None])
         assert real.min() > 0.5
+
+
+def test_the_spot_ledger_leaves_out_the_spots_of_grains_found(scan, truth):
+    """ForwardModel.predict lists the spots that score counts; the ledger marks the spots
+    a grain hits, almost every spot once every grain is explained, and a grain whose spots
+    are left out is no longer a spot-pair candidate."""
+    from labdct_live.reconstruction.spotindex import SpotLedger, spot_candidates
+
+    model = ForwardModel.from_scan(scan)
+    kk, jj, ii = np.nonzero(truth.grain_ids)
+    lab = truth.grain_ids[kk, jj, ii]
+    xyz = truth.origin[::-1] + np.stack([ii, jj, kk], axis=1) * truth.spacing[0]
+    centres = {g: xyz[lab == g].mean(axis=0) for g in truth.grain_list}
+    first = truth.grain_list[0]
+    pred = model.predict(centres[first], truth.orientations[first])
+    s = model.score(centres[first], truth.orientations[first])
+    assert len(pred.map) == s.n_pred[0]
+    assert np.count_nonzero(pred.distance <= 0.5) == s.n_hit[0]
+
+    ledger = SpotLedger(model)
+    turned = perturb(truth.orientations[first], np.array([5.0, 0.0, 0.0]))
+    assert ledger.explain(model, centres[first], turned, 0.5) < 0.2 * s.n_hit[0]
+    ledger.explained[:] = False
+    new = ledger.explain(model, centres[first], truth.orientations[first], 0.5)
+    assert 0.5 * s.n_hit[0] <= new <= s.n_hit[0]
+    assert ledger.explain(model, centres[first], truth.orientations[first], 0.5) == 0
+    for g in truth.grain_list:
+        ledger.explain(model, centres[g], truth.orientations[g], 0.5)
+    assert ledger.explained.mean() > 0.9
+
+    # a grain the spot pairs find is gone from its own candidates once it is explained
+    def best(g, exclude=None):
+        mats, _ = spot_candidates(model, centres[g], exclude=exclude)
+        return misorientation_deg(mats[:20], truth.orientations[g]).min() if len(mats) else 90
+
+    found = next(g for g in truth.grain_list if best(g) < 0.5)
+    ledger.explained[:] = False
+    ledger.explain(model, centres[found], truth.orientations[found], 0.5)
+    assert best(found, ledger.explained) > 0.5
 
 
 def test_coarse_to_fine_assignment_agrees_with_the_full_one(scan, result):

@@ -103,6 +103,39 @@ def coarse_scores(seed, mats, bh, gn, cos_w, sin_w, map_index, det, sx, e_min, e
         out_match[o] = n_match
 
 
+@njit(cache=True, nogil=True)
+def predicted_spots(x0, x1, x2, u, bh, gn, cos_w, sin_w, map_index, det, sx, e_min, e_max,
+                    shape, bs, dist, dist_unit, out_map, out_row, out_col, out_dist):
+    """Every recorded spot of one point and orientation: its map, pixel (row, col) and
+    distance (px) to the nearest segmented pixel; returns how many were written (the
+    outputs hold at least frames x reflections entries)."""
+    rows = shape[0]
+    cols = shape[1]
+    n = 0
+    for f in range(cos_w.shape[0]):
+        c = cos_w[f]
+        s = sin_w[f]
+        px = c * x0 - s * x1
+        py = s * x0 + c * x1
+        m = map_index[f]
+        for j in range(bh.shape[0]):
+            hx = u[0, 0] * bh[j, 0] + u[0, 1] * bh[j, 1] + u[0, 2] * bh[j, 2]
+            hy = u[1, 0] * bh[j, 0] + u[1, 1] * bh[j, 1] + u[1, 2] * bh[j, 2]
+            hz = u[2, 0] * bh[j, 0] + u[2, 1] * bh[j, 1] + u[2, 2] * bh[j, 2]
+            ok, row, col = _predict(px, py, x2, c * hx - s * hy, s * hx + c * hy, hz, gn[j],
+                                    sx, det, e_min, e_max, rows, cols, bs)
+            if not ok:
+                continue
+            ri = min(max(int(np.floor(row + 0.5)), 0), rows - 1)
+            ci = min(max(int(np.floor(col + 0.5)), 0), cols - 1)
+            out_map[n] = m
+            out_row[n] = row
+            out_col[n] = col
+            out_dist[n] = dist[m, ri, ci] * dist_unit
+            n += 1
+    return n
+
+
 @njit(cache=True, inline="always")
 def _pair_score(x0, x1, x2, u, bh, gn, cos_w, sin_w, map_index, det, sx, e_min, e_max,
                 rows, cols, bs, dist, depth, dist_unit, depth_cap, tol, inv2s2, abort_after,

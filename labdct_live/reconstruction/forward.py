@@ -19,7 +19,7 @@ from labdct_live.reconstruction.data import ScanData
 from labdct_live.reconstruction.hitmaps import PIXEL_UNIT, HitMaps, build_hit_maps
 from labdct_live.simulation._raytrace import HC
 
-__all__ = ["ForwardModel", "Scores", "detector_vector"]
+__all__ = ["ForwardModel", "Predicted", "Scores", "detector_vector"]
 
 
 def detector_vector(geometry) -> np.ndarray:
@@ -50,6 +50,17 @@ class Scores:
         """Hits / predicted spots (0 where nothing is predicted)."""
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(self.n_pred > 0, self.n_hit / np.maximum(self.n_pred, 1), 0.0)
+
+
+@dataclass(frozen=True)
+class Predicted:
+    """The recorded spots of one (point, orientation): map, pixel and distance (px) to the
+    nearest segmented pixel of each."""
+
+    map: np.ndarray
+    row: np.ndarray
+    col: np.ndarray
+    distance: np.ndarray
 
 
 @dataclass
@@ -203,6 +214,31 @@ class ForwardModel:
             float(depth_cap_px), float(tol_px), float(sigma_px), int(abort_after),
             float(abort_frac), n_pred, n_hit, soft, deep)
         return Scores(n_pred, n_hit, soft, deep)
+
+    def predict(self, point: np.ndarray, mat: np.ndarray) -> Predicted:
+        """The recorded spots of one (point, orientation) on every frame.
+
+        Parameters
+        ----------
+        point : ndarray, shape (3,)
+            Sample-frame position (mm).
+        mat : ndarray, shape (3, 3)
+            Orientation U.
+
+        Returns
+        -------
+        Predicted
+        """
+        size = self.scan.n_frames * self.n_reflections
+        maps = np.empty(size, dtype=np.int64)
+        rows, cols, dist = (np.empty(size) for _ in range(3))
+        x = np.asarray(point, np.float64)
+        n = _kernels.predicted_spots(
+            x[0], x[1], x[2], np.ascontiguousarray(mat, np.float64), self._bh, self._gn,
+            self._cos, self._sin, self.map_index, self._det, self._sx, self.scan.e_min,
+            self.scan.e_max, self._shape, self._bs, self.maps.pixel, PIXEL_UNIT, maps, rows,
+            cols, dist)
+        return Predicted(maps[:n], rows[:n], cols[:n], dist[:n])
 
     def score_grains(self, points: np.ndarray, pair_grain: np.ndarray, mats: np.ndarray,
                      centres: np.ndarray, radius: float, *, tol_px: float = 0.5,

@@ -22,7 +22,13 @@ from labdct_live.reconstruction.assign import (
 from labdct_live.reconstruction.data import ReconstructionError, ScanData
 from labdct_live.reconstruction.forward import ForwardModel
 from labdct_live.reconstruction.orientations import fundamental_zone_grid, misorientation_deg
-from labdct_live.reconstruction.search import SearchSettings, null_threshold, search_seed
+from labdct_live.reconstruction.search import (
+    SearchSettings,
+    index_method,
+    null_threshold,
+    search_seed,
+)
+from labdct_live.reconstruction.spotindex import SpotLedger
 
 __all__ = ["LowCompletenessWarning", "ReconstructionOptions", "ReconstructionResult",
            "reconstruct", "GRAIN_COLUMNS"]
@@ -272,6 +278,8 @@ def reconstruct(scan: ScanData, options: ReconstructionOptions | None = None, *,
 
     claimed = np.zeros(len(points), dtype=bool)
     searched = np.zeros(len(points), dtype=bool)
+    # The spots of strong grains leave the spot-pair indexing of later seeds.
+    ledger = SpotLedger(model) if index_method(model, settings) == "spots" else None
     seed_tree = cKDTree(points[seeds])
     n_coarse_tests = 0
     n_searched = 0
@@ -288,7 +296,8 @@ def reconstruct(scan: ScanData, options: ReconstructionOptions | None = None, *,
             near = np.linalg.norm(centres - points[index], axis=1) < 3 * radius
             known = mats[near]
         cands, n_tests = search_seed(model, points[index], grid, settings,
-                                     min_quick=0.5 * threshold, known=known)
+                                     min_quick=0.5 * threshold, known=known,
+                                     exclude=None if ledger is None else ledger.explained)
         n_coarse_tests += n_tests
         n_searched += 1
         searched[index] = True
@@ -304,8 +313,11 @@ def reconstruct(scan: ScanData, options: ReconstructionOptions | None = None, *,
             grains.add(cand.orientation, centre, cand.completeness)
             # Seeds this grain explains as well as its own seed need no search.
             level = max(threshold, cand.completeness - 0.05)
-            if options.skip_explained and cand.completeness >= claim_level:
-                claimed[near[s.completeness >= level]] = True
+            if cand.completeness >= claim_level:
+                if options.skip_explained:
+                    claimed[near[s.completeness >= level]] = True
+                if ledger is not None:
+                    ledger.explain(model, centre, cand.orientation, settings.tol_px)
         claimed[index] = True
         search_clock[0] += time.perf_counter() - started
 

@@ -70,6 +70,11 @@ class SearchSettings:
     n_ranked : int
         Distinct spot-pair candidates ranked by the smooth pixel score before the
         ``n_refine`` best are refined (``index="spots"``).
+    enough : float or None
+        The spot-pair candidates are refined best first, one per core at a time, until one
+        reaches this completeness (None: all ``n_refine``). The seed's own grain nearly
+        always ranks first; its neighbours, found from their own seeds, cost a refinement
+        each.
     """
 
     grid_resolution: float = 3.0
@@ -87,6 +92,7 @@ class SearchSettings:
     spot_tol: float = 0.25
     max_peaks: int = 150
     n_ranked: int = 32
+    enough: float | None = 0.9
 
 
 @dataclass(frozen=True)
@@ -197,7 +203,8 @@ def refine(model: ForwardModel, u0: np.ndarray, p0: np.ndarray, settings: Search
 
 def search_seed(model: ForwardModel, seed: np.ndarray, grid: np.ndarray,
                 settings: SearchSettings, *, min_quick: float = 0.0,
-                known: np.ndarray | None = None) -> tuple[list[Candidate], int]:
+                known: np.ndarray | None = None, exclude: np.ndarray | None = None
+                ) -> tuple[list[Candidate], int]:
     """Refined candidate orientations at one seed point, best first.
 
     The direction test ranks the grid; the ``n_refine`` best distinct orientations are
@@ -217,6 +224,9 @@ def search_seed(model: ForwardModel, seed: np.ndarray, grid: np.ndarray,
         Orientations already found near the seed: candidates within
         ``candidate_separation`` of one are not refined again, so the refinement slots go
         to new orientations.
+    exclude : ndarray of bool, optional
+        Spots the spot-pair indexing leaves out (explained by grains already found,
+        :class:`.spotindex.SpotLedger`); the grid search ignores it.
 
     Returns
     -------
@@ -227,7 +237,8 @@ def search_seed(model: ForwardModel, seed: np.ndarray, grid: np.ndarray,
         Seed-orientation tests made by the direction search (orientations x frames).
     """
     if index_method(model, settings) == "spots":
-        return _search_spots(model, seed, settings, min_quick=min_quick, known=known)
+        return _search_spots(model, seed, settings, min_quick=min_quick, known=known,
+                             exclude=exclude)
     frames = _frames_subset(model, settings.coarse_frames)
     n_pred, n_match = model.coarse(seed, grid, tol_deg=settings.direction_tol, frames=frames,
                                    abort_after=16, abort_frac=0.45)
@@ -265,21 +276,31 @@ def index_method(model: ForwardModel, settings: SearchSettings) -> str:
 
 def _refine_all(model: ForwardModel, starts: np.ndarray, seed: np.ndarray,
                 settings: SearchSettings, scores: np.ndarray) -> list[Candidate]:
-    """Refine every start orientation; the simplexes are independent and the kernel
-    releases the GIL: one thread per core."""
-    with ThreadPoolExecutor(max_workers=max(1, min(len(starts), _threads()))) as pool:
-        return list(pool.map(
-            lambda k: refine(model, starts[k], seed, settings, coarse_score=scores[k]),
-            range(len(starts))))
+    """Refine the start orientations, best first, a batch of one per core at a time (the
+    simplexes are independent and the kernel releases the GIL), until one reaches
+    ``settings.enough``."""
+    workers = max(1, min(len(starts), _threads()))
+    done: list[Candidate] = []
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for first in range(0, len(starts), workers):
+            batch = range(first, min(first + workers, len(starts)))
+            done += pool.map(
+                lambda k: refine(model, starts[k], seed, settings, coarse_score=scores[k]),
+                batch)
+            if settings.enough is not None and max(c.completeness for c in done) >= \
+                    settings.enough:
+                break
+    return done
 
 
 def _search_spots(model: ForwardModel, seed: np.ndarray, settings: SearchSettings, *,
-                  min_quick: float, known: np.ndarray | None) -> tuple[list[Candidate], int]:
+                  min_quick: float, known: np.ndarray | None,
+                  exclude: np.ndarray | None = None) -> tuple[list[Candidate], int]:
     """:func:`search_seed` with spot-pair candidates (:func:`.spotindex.spot_candidates`)."""
     from labdct_live.reconstruction.spotindex import spot_candidates
 
     mats, votes = spot_candidates(model, seed, tol_deg=settings.spot_tol,
-                                  max_peaks=settings.max_peaks)
+                                  max_peaks=settings.max_peaks, exclude=exclude)
     n_tests = len(mats)
     if len(mats) == 0:
         return [], n_tests
