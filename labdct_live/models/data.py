@@ -249,7 +249,8 @@ def broad_batches(
         Share of each batch from ``broad_cache`` (rounded to whole crops).
     ranges : labdct_live.training.broad.BroadRanges, optional
         Detector and background ranges of the random instruments.
-    Others : see :func:`on_the_fly_batches`.
+    batch_size, crop_size, val_batches, validation_fraction, chunk_steps, prefetch, seed, synthesis
+        As in :func:`on_the_fly_batches`.
 
     Returns
     -------

@@ -93,6 +93,10 @@ class ReconstructionOptions:
         threshold and 1 when None.
     accept_fraction : float
         See ``claim_level``.
+    claim_radius : float
+        A strong grain claims only seeds within this many grain sizes of the seed where it
+        was found: farther seeds are often in a neighbour that it fits as well (Laue
+        focusing), and that neighbour would go unsearched.
     low_completeness : float
         A warning is issued when the grains' median completeness is below this.
     seed : int
@@ -113,6 +117,7 @@ class ReconstructionOptions:
     skip_explained: bool = True
     coarse_step: int = 2
     claim_level: float | None = None
+    claim_radius: float = 1.0
     accept_fraction: float = 0.5
     low_completeness: float = 0.75
     seed: int = 0
@@ -251,6 +256,7 @@ def reconstruct(scan: ScanData, options: ReconstructionOptions | None = None, *,
     step = max(1, int(round(spacing / voxel)))
     seeds = _seed_indices(ijk, step, rng)
     radius = 1.5 * grain_size
+    claim_radius = options.claim_radius * grain_size
     t_grid = time.perf_counter()
     grid = fundamental_zone_grid(settings.grid_resolution, scan.material.space_group)
     stats["time_grid"] = time.perf_counter() - t_grid
@@ -315,7 +321,8 @@ def reconstruct(scan: ScanData, options: ReconstructionOptions | None = None, *,
             level = max(threshold, cand.completeness - 0.05)
             if cand.completeness >= claim_level:
                 if options.skip_explained:
-                    claimed[near[s.completeness >= level]] = True
+                    close = np.linalg.norm(points[near] - cand.position, axis=1) <= claim_radius
+                    claimed[near[(s.completeness >= level) & close]] = True
                 if ledger is not None:
                     ledger.explain(model, centre, cand.orientation, settings.tol_px)
         claimed[index] = True

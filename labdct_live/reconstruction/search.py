@@ -58,10 +58,11 @@ class SearchSettings:
         Where the candidates come from: pairs of populated spot directions seen from the
         seed (:mod:`.spotindex`), or the direction test of every fundamental-zone grid
         point (saturates on crowded frames: on the full D35 a random orientation matches
-        98 % of its spots within ``direction_tol``). ``"auto"``: spots when more than
-        ``auto_fill`` of the polar maps lies within ``direction_tol`` of a segmented
-        direction, else the grid.
-    auto_fill : float
+        98 % of its spots within ``direction_tol``). ``"auto"``: spots when the ω step is
+        at most ``auto_step`` (each reflection is then recorded on several frames, so its
+        direction gathers a peak) or more than ``auto_fill`` of the polar maps lies within
+        ``direction_tol`` of a segmented direction; else the grid.
+    auto_fill, auto_step : float
         See ``index``.
     spot_tol : float
         Angular radius (degrees) of a populated direction (``index="spots"``).
@@ -89,6 +90,7 @@ class SearchSettings:
     refine_frames: int | None = 60
     index: str = "auto"
     auto_fill: float = 0.3
+    auto_step: float = 4.0
     spot_tol: float = 0.25
     max_peaks: int = 150
     n_ranked: int = 32
@@ -265,13 +267,17 @@ def search_seed(model: ForwardModel, seed: np.ndarray, grid: np.ndarray,
 
 
 def index_method(model: ForwardModel, settings: SearchSettings) -> str:
-    """``settings.index``, with ``"auto"`` resolved on the scan's polar maps."""
+    """``settings.index``, with ``"auto"`` resolved on the scan's ω step and polar maps."""
     if settings.index in ("spots", "grid"):
         return settings.index
     if settings.index != "auto":
         raise ValueError(f"index must be 'auto', 'spots' or 'grid', got {settings.index!r}")
+    if model.maps.spots is None:
+        return "grid"
+    omegas = model.scan.omegas
+    fine = len(omegas) > 1 and np.median(np.abs(np.diff(omegas))) <= settings.auto_step
     crowded = model.polar_fill(settings.direction_tol) > settings.auto_fill
-    return "spots" if crowded and model.maps.spots is not None else "grid"
+    return "spots" if fine or crowded else "grid"
 
 
 def _refine_all(model: ForwardModel, starts: np.ndarray, seed: np.ndarray,
