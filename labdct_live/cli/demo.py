@@ -270,9 +270,9 @@ def register(subparsers) -> None:
                    help="reconstruct the grain map at the end of the scan and compare it with "
                         "the simulator's (default; --no-reconstruct skips both)")
     p.add_argument("--reconstruct-bin", type=int, default=2, metavar="N",
-                   help="bin the binary frames NxN (OR) before the reconstruction: 2032² "
-                        "frames reconstruct several times faster at 1016², with coarser "
-                        "spots (default 2; 1 keeps the full frames)")
+                   help="bin the binary frames NxN (OR) before the reconstruction: cheaper "
+                        "distance maps and hit tests, coarser spots (default 2: 2032² frames "
+                        "are reconstructed at 1016², the reconstruction benchmarks' size)")
     p.add_argument("--outage-limit", type=float, default=300.0, metavar="SECONDS",
                    help="how long the catalog may stay away before the demo stops waiting "
                         "for it and leaves what it did not receive in WORKDIR/spool "
