@@ -17,6 +17,8 @@ once it is. Failures are logged and recorded in :attr:`EndOfScan.results`, never
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +86,14 @@ class EndOfScan:
     reconstruct : bool or ReconstructionOptions
         Reconstruct the grain map from the catalog after the export (default options when
         True); the result replaces ``reconstruction`` in the comparison.
+    reconstruct_bin : int
+        Bin the binary frames ``reconstruct_bin`` x ``reconstruct_bin`` (OR) and the geometry
+        with them before reconstructing
+        (:func:`~labdct_live.callbacks.reconstruction.bin_scan`): cheaper distance maps and
+        hit tests, coarser spots.
+    report : callable, optional
+        Receives a line when the reconstruction starts and when it ends (``print`` in the
+        CLI): it takes minutes, and runs after the last frame.
 
     Attributes
     ----------
@@ -91,13 +101,17 @@ class EndOfScan:
         Per processed node: ``exports`` (format: path; a failed export's message in
         ``export_errors``, also appended to the processor's ``errors``); with
         ``reconstruct`` a ``reconstruction`` entry (``grainmap`` file, ``n_grains``,
-        ``median_completeness``, ``time``, or ``error``);
+        ``median_completeness``, ``time``, ``binned``, or ``error``);
         with a reference a ``comparison`` entry (the report's path, ``counts``: the Table 2
-        classes, ``delta_gb``) or the command to run.
+        classes, ``delta_gb``, ``time``) or the command to run.
     """
 
     def __init__(self, out_dir, formats=("grainrecon", "gm3d"), reference=None,
-                 reconstruction=None, misorientation: float = 1.0, reconstruct=False):
+                 reconstruction=None, misorientation: float = 1.0, reconstruct=False,
+                 reconstruct_bin: int = 1, report: Callable[[str], None] | None = None):
+        if int(reconstruct_bin) != reconstruct_bin or reconstruct_bin < 1:
+            raise ValueError(f"reconstruct_bin must be a whole number >= 1, got "
+                             f"{reconstruct_bin!r}")
         if reconstruct not in (False, None):  # the reconstruction is imported only if used
             from labdct_live.reconstruction.pipeline import ReconstructionOptions
 
@@ -112,7 +126,15 @@ class EndOfScan:
         self.reference = Path(reference) if reference else None
         self.reconstruction = reconstruction
         self.misorientation = misorientation
+        self.reconstruct_bin = int(reconstruct_bin)
+        self.report = report
         self.results: dict[str, dict] = {}
+
+    def _say(self, message: str) -> None:
+        """Log ``message`` and pass it to ``report``."""
+        logger.info(message)
+        if self.report is not None:
+            self.report(message)
 
     def __call__(self, processor) -> None:
         node_key = processor.node_key
@@ -153,10 +175,13 @@ class EndOfScan:
 
     def _reconstruct(self, processor, node_key: str) -> dict:
         """Reconstruct from the catalog, write the file and the ``grainmap`` node."""
-        import time
         import warnings
 
-        from labdct_live.callbacks.reconstruction import scan_from_catalog, store_grainmap
+        from labdct_live.callbacks.reconstruction import (
+            bin_scan,
+            scan_from_catalog,
+            store_grainmap,
+        )
         from labdct_live.reconstruction.output import write_reconstruction
         from labdct_live.reconstruction.pipeline import LowCompletenessWarning, reconstruct
 
@@ -164,6 +189,12 @@ class EndOfScan:
         client = processor.writer.client
         try:
             scan = scan_from_catalog(client, node_key, start_doc=processor.start_doc)
+            scan = bin_scan(scan, self.reconstruct_bin)
+            n, rows, cols = scan.frames.shape
+            factor = self.reconstruct_bin
+            binned = f" (binned {factor}x{factor})" if factor > 1 else ""
+            self._say(f"reconstructing the grain map of {node_key} from {n} binary frames of "
+                      f"{rows}x{cols}{binned} ...")
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", LowCompletenessWarning)
                 rec = reconstruct(scan, self.reconstruct)
@@ -175,17 +206,21 @@ class EndOfScan:
             elapsed = time.perf_counter() - t0
             store_grainmap(client, node_key, rec, extra={
                 "file": path.name, "warnings": notes, "time": elapsed,
+                "binned": self.reconstruct_bin,
                 "frames_status": str(getattr(processor, "status", "")),
                 "raw_uid": str(processor.raw_uid)})
         except Exception as exc:  # recorded, never raised into the processor
             logger.exception("reconstruction of %s failed", node_key)
-            return {"error": f"{type(exc).__name__}: {exc}"}
+            error = f"{type(exc).__name__}: {exc}"
+            self._say(f"reconstruction of {node_key} failed after "
+                      f"{time.perf_counter() - t0:.0f} s: {error}")
+            return {"error": error}
         out = {"grainmap": str(path), "grains": str(table), "summary": str(summary),
                "n_grains": int(len(rec.grains)),
                "median_completeness": float(rec.stats.get("median_completeness", 0.0)),
-               "time": elapsed, "warnings": notes}
-        logger.info("reconstructed %s: %d grains in %.1f s -> %s", node_key, out["n_grains"],
-                    elapsed, path)
+               "time": elapsed, "warnings": notes, "binned": self.reconstruct_bin}
+        self._say(f"reconstructed {node_key}: {out['n_grains']} grains, median completeness "
+                  f"{out['median_completeness']:.2f}, in {elapsed:.0f} s")
         return out
 
     def _compare(self, node_key: str, recon: str | None = None):
@@ -202,11 +237,13 @@ class EndOfScan:
         from labdct_live.grains.compare.report import write_report
         from labdct_live.grains.formats.registry import read_grainmap
 
+        self._say(f"comparing the grain map of {node_key} with the reference {self.reference} ...")
+        t0 = time.perf_counter()
         comparison = compare_grainmaps(read_grainmap(self.reference), read_grainmap(recon),
                                        threshold_deg=self.misorientation, label=node_key)
         report = write_report([comparison], self.out_dir / node_key / "comparison")
         return {"report": str(report), "counts": _plain(comparison.counts()),
-                "delta_gb": _plain(_delta_gb(comparison))}
+                "delta_gb": _plain(_delta_gb(comparison)), "time": time.perf_counter() - t0}
 
 
 def _plain(value):

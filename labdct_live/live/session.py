@@ -66,8 +66,12 @@ class LiveSession:
         Reconstruct the grain map at the end of each scan (``EndOfScan(reconstruct=...)``):
         a ``grainmap`` node under ``processed/<uid>`` and ``export/<uid>/grainmap.h5``. Off by
         default: a full-size scan takes minutes to tens of minutes.
+    reconstruct_bin : int
+        Bin the binary frames this many times along each axis before reconstructing
+        (``EndOfScan(reconstruct_bin=...)``).
     report : callable, optional
-        Receives the monitor's advice lines (``print`` in the CLI).
+        Receives the monitor's advice lines and the end-of-scan reconstruction's start and
+        end lines (``print`` in the CLI).
     queue_size : int
         Frames waiting in memory before spilling to disk.
     outage_limit : float
@@ -79,7 +83,8 @@ class LiveSession:
                  method: str = "auto", method_options: dict | None = None,
                  target_snr: float = 4.0, export_formats=("grainrecon", "gm3d"),
                  reference=None, report: Callable[[str], None] | None = None,
-                 queue_size: int = 16, outage_limit: float = 300.0, reconstruct=False):
+                 queue_size: int = 16, outage_limit: float = 300.0, reconstruct=False,
+                 reconstruct_bin: int = 1):
         self.workdir = Path(workdir).resolve()
         self.catalog_uri = catalog_uri
         self.api_key = api_key
@@ -89,6 +94,7 @@ class LiveSession:
         self.export_formats = tuple(export_formats)
         self.reference = reference
         self.reconstruct = reconstruct
+        self.reconstruct_bin = reconstruct_bin
         self.report = report
         self.queue_size = queue_size
         self.outage_limit = outage_limit
@@ -136,7 +142,9 @@ class LiveSession:
             self.RE.subscribe(self.monitor)
             self.end_of_scan = EndOfScan(self.workdir / "export", self.export_formats,
                                          reference=self.reference,
-                                         reconstruct=self.reconstruct)
+                                         reconstruct=self.reconstruct,
+                                         reconstruct_bin=self.reconstruct_bin,
+                                         report=self.report)
             config = LiveConfig(client=connect(self.catalog_uri, self.api_key),
                                 method=self.method, method_options=self.method_options,
                                 queue_size=self.queue_size,
