@@ -141,11 +141,13 @@ def simulate(spec: SampleSpec, geometry, seed: int, median_snr: float,
 
     The noise seed is ``101 * seed``, validate_dl.py's for a held-out scan.
     """
-    if stem is not None and stem.with_suffix(".npz").is_file():
-        with np.load(stem.with_suffix(".npz")) as f:
+    # not Path.with_suffix: the stem's "snr2.5" would lose its ".5"
+    npz, h5 = (None, None) if stem is None else (Path(f"{stem}.npz"), Path(f"{stem}.h5"))
+    if npz is not None and npz.is_file():
+        with np.load(npz) as f:
             noisy = f["noisy"]
             truth = np.unpackbits(f["truth"], axis=-1, count=noisy.shape[-1]).astype(bool)
-        return noisy, truth, read_gm3d(stem.with_suffix(".h5"))
+        return noisy, truth, read_gm3d(h5)
     n = geometry.n_projections
     noisy = np.empty((n,) + geometry.detector_shape, dtype=np.uint16)
     truth = np.empty((n,) + geometry.detector_shape, dtype=bool)
@@ -153,10 +155,10 @@ def simulate(spec: SampleSpec, geometry, seed: int, median_snr: float,
                                  total=n, desc="simulate", unit="frame"):
         noisy[i], truth[i] = frame, labels > 0
     grainmap = grainmap_of(make_sample(spec, seed=seed))
-    if stem is not None:
-        stem.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(stem.with_suffix(".npz"), noisy=noisy, truth=np.packbits(truth, axis=-1))
-        write_gm3d(stem.with_suffix(".h5"), grainmap)
+    if npz is not None:
+        npz.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(npz, noisy=noisy, truth=np.packbits(truth, axis=-1))
+        write_gm3d(h5, grainmap)
     return noisy, truth, grainmap
 
 
