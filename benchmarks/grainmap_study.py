@@ -64,6 +64,7 @@ from labdct_live.reconstruction import (  # noqa: E402
     SearchSettings,
     reconstruct,
 )
+from labdct_live.reconstruction.data import bin_frames as bin_or  # noqa: E402
 from labdct_live.segmentation.rolling_median import RollingMedianSubtractor  # noqa: E402
 from labdct_live.segmentation.routine import RoutineParams, segment_corrected  # noqa: E402
 from labdct_live.segmentation.threshold import threshold_segment  # noqa: E402
@@ -99,31 +100,6 @@ def reduced_spec(name: str, diameter: float, height: float,
     spec = replace(spec, diameter=diameter, height=height, n_grains=n_grains,
                    voxel_size=spec.resolved_voxel_size, name=f"{name}-like")
     return spec, geometry
-
-
-def bin_or(frames: np.ndarray, factor: int) -> np.ndarray:
-    """Bin binary frames ``factor`` x ``factor`` by OR: a binned pixel is a spot pixel when
-    any of its pixels is (a spot keeps its extent; nothing faint is averaged away).
-
-    Parameters
-    ----------
-    frames : ndarray of bool, shape (n, H, W)
-        Binary frames; H and W must be multiples of ``factor``.
-    factor : int
-        Binning factor (1 returns the frames).
-
-    Returns
-    -------
-    ndarray of bool, shape (n, H // factor, W // factor)
-    """
-    frames = np.asarray(frames, dtype=bool)
-    n, rows, cols = frames.shape
-    if factor < 1 or rows % factor or cols % factor:
-        raise ValueError(f"cannot bin {rows} x {cols} frames by {factor}: the factor must be "
-                         "a positive divisor of both sides")
-    if factor == 1:
-        return frames
-    return frames.reshape(n, rows // factor, factor, cols // factor, factor).any(axis=(2, 4))
 
 
 def _save_mask(path: Path, mask: np.ndarray) -> None:

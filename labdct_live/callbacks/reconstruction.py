@@ -22,7 +22,12 @@ import logging
 import numpy as np
 
 from labdct_live.io.names import check_key
-from labdct_live.reconstruction.data import ReconstructionError, SampleEnvelope, ScanData
+from labdct_live.reconstruction.data import (
+    ReconstructionError,
+    SampleEnvelope,
+    ScanData,
+    bin_frames,
+)
 from labdct_live.simulation.geometry import Geometry, GeometryError
 
 __all__ = ["scan_from_catalog", "scan_from_node", "start_document", "store_grainmap",
@@ -152,16 +157,11 @@ def bin_scan(scan: ScanData, factor: int) -> ScanData:
     >>> binned.geometry.detector_shape
     (8, 8)
     """
+    frames = bin_frames(scan.frames, factor)
     if factor == 1:
         return scan
-    n, rows, cols = scan.frames.shape
-    if factor < 1 or rows % factor or cols % factor:
-        raise ReconstructionError(
-            f"cannot bin {rows}x{cols} frames by {factor}: the factor must be a positive "
-            "divisor of both dimensions")
-    shape = (rows // factor, cols // factor)
-    frames = scan.frames.reshape(n, shape[0], factor, shape[1], factor).any(axis=(2, 4))
-    return dataclasses.replace(scan, frames=frames, geometry=scan.geometry.binned(shape),
+    return dataclasses.replace(scan, frames=frames,
+                               geometry=scan.geometry.binned(frames.shape[1:]),
                                source=f"{scan.source} (binned {factor}x{factor})")
 
 

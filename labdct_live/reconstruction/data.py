@@ -10,7 +10,7 @@ import numpy as np
 from labdct_live.simulation.crystal import Material, MaterialError, get_material
 from labdct_live.simulation.geometry import Geometry
 
-__all__ = ["ReconstructionError", "ScanData", "SampleEnvelope"]
+__all__ = ["ReconstructionError", "ScanData", "SampleEnvelope", "bin_frames"]
 
 
 class ReconstructionError(ValueError):
@@ -156,3 +156,34 @@ class ScanData:
     def spot_pixels_per_frame(self) -> np.ndarray:
         """Segmented pixels in each frame."""
         return self.frames.reshape(self.n_frames, -1).sum(axis=1)
+
+
+def bin_frames(frames: np.ndarray, factor: int) -> np.ndarray:
+    """Bin binary frames ``factor`` x ``factor`` by OR: a binned pixel is a spot pixel when
+    any of its pixels is (a spot keeps its extent; nothing faint is averaged away).
+
+    Parameters
+    ----------
+    frames : ndarray of bool, shape (n, H, W)
+        Binary frames; H and W must be multiples of ``factor``.
+    factor : int
+        Binning factor (1 returns the frames).
+
+    Returns
+    -------
+    ndarray of bool, shape (n, H // factor, W // factor)
+
+    Raises
+    ------
+    ReconstructionError
+        ``factor`` is below 1 or does not divide the frames' rows and columns.
+    """
+    frames = np.asarray(frames, dtype=bool)
+    n, rows, cols = frames.shape
+    if factor < 1 or rows % factor or cols % factor:
+        raise ReconstructionError(
+            f"cannot bin {rows}x{cols} frames by {factor}: the factor must be a positive "
+            "divisor of both dimensions")
+    if factor == 1:
+        return frames
+    return frames.reshape(n, rows // factor, factor, cols // factor, factor).any(axis=(2, 4))
