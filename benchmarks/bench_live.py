@@ -10,7 +10,10 @@ scan first, so the scans below cost what a real detector's frames would: noise, 
 2. the same scan with the live plugin: wall time per frame (the overhead is the difference),
    per-frame latency from the event (the frame is on disk) to its results in the catalog,
    and the inbox depth seen at each event (frames arrive faster than they are processed when
-   both share 2 cores).
+   both share 2 cores);
+3. with ``--live-map-every K`` (K > 0), the same scan with the live plugin and the live grain
+   map (an update every K frames, frames binned 2x2): the RunEngine's wall time per frame,
+   and the latency from a frame's event to the first map update that used it.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ def main() -> None:
     ap.add_argument("--projections", type=int, default=37)
     ap.add_argument("--method", default="dl", choices=["dl", "routine"])
     ap.add_argument("--sample", default="D35")
+    ap.add_argument("--live-map-every", type=int, default=0,
+                    help="also run the scan with the live grain map, an update every K frames")
     args = ap.parse_args()
     step = 360.0 / (args.projections - 1)
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores; {args.sample} 2032², "
@@ -93,6 +98,41 @@ def main() -> None:
         print(f"inbox depth at each event: max {max(depth)}, last {depth[-1]}; backlog drained "
               f"{drained:.1f} s after the scan ended; counts {processors[-1].counts}")
         print("depth per frame:", depth)
+        if args.live_map_every > 0:
+            live_map_scan(session, plan, args, without)
+
+
+def live_map_scan(session, plan, args, without: float) -> None:
+    """Stage 3: the plugin and the live grain map; RunEngine time and frame-to-map latency."""
+    from labdct_live.callbacks.live_grainmap import LiveGrainMap, LiveMapSettings
+
+    live = LiveGrainMap(LiveMapSettings(every=args.live_map_every, bin=2, store=False),
+                        report=print)
+    processors, event_time = [], {}
+    config = LiveConfig(client=session.client, method=args.method,
+                        spool_dir=session.workdir / "spool", listeners=[live.on_frame],
+                        end_of_scan=[live])
+    RE = RunEngine({})
+    RE.subscribe(ResilientTiledWriter(session.client, batch_size=1))
+    RE.subscribe(live_router(config, processors))
+    RE.subscribe(lambda name, doc: event_time.__setitem__(doc["seq_num"] - 1, doc["time"])
+                 if name == "event" else None)
+    t = time.perf_counter()
+    RE(plan())
+    with_map = (time.perf_counter() - t) / args.projections
+    processors[-1].wait()
+    print(f"RunEngine with the plugin and the live map: {with_map:.3f} s/frame "
+          f"({100 * (with_map / without - 1):+.0f} % against no plugin)")
+    updates = [(q.finished, q.n_frames) for q in live.history[processors[-1].node_key]]
+    order = sorted(event_time)  # sequential scan: an update of n frames used frames 0..n-1
+    latency = [next((when for when, n in updates if n > i), np.nan) - event_time[i]
+               for i in order]
+    latency = np.array(latency)
+    done = latency[np.isfinite(latency)]
+    print(f"live map: {len(updates)} updates during the scan; frame -> first update using "
+          f"it: median {np.median(done) if done.size else float('nan'):.1f} s, max "
+          f"{done.max() if done.size else float('nan'):.1f} s ({done.size} of {len(order)} "
+          f"frames reached the map before the end of the scan)")
 
 
 if __name__ == "__main__":

@@ -169,7 +169,9 @@ def test_backlog_beyond_the_queue_is_spooled_and_nothing_lost(tmp_path):
         assert not list((session.workdir / "spool").rglob("in_*.npz"))
 
 
-@pytest.mark.parametrize("client_retries", [True, False], ids=["tiled-retries", "no-retries"])
+# without tiled's retries (our spools bridge the outage) in CI; with them, the slow set
+@pytest.mark.parametrize("client_retries", [pytest.param(True, marks=pytest.mark.slow), False],
+                         ids=["tiled-retries", "no-retries"])
 def test_catalog_stopped_mid_scan_and_restarted_loses_nothing(tmp_path, monkeypatch,
                                                               client_retries):
     """With tiled's own retries (up to 45 s) the client bridges a short outage; without them

@@ -187,6 +187,11 @@ def test_bad_input_errors(scan):
         ScanData(frames, scan.omegas, g, "Cu", scan.envelope)
     with pytest.raises(ReconstructionError, match="detector"):
         ScanData(frames[:, :256], scan.omegas, g, "Al", scan.envelope)
+    # masks covering a fifth of the detector: refused at once, not searched for minutes
+    crowded = frames.copy()
+    crowded[:, ::5] = True
+    with pytest.raises(ReconstructionError, match="20 % of the pixels .* are segmented"):
+        reconstruct(ScanData(crowded, scan.omegas, g, "Al", scan.envelope))
 
 
 def test_misorientation_agrees_with_orix():
@@ -340,3 +345,29 @@ def test_coarse_to_fine_assignment_agrees_with_the_full_one(scan, result):
     # fits may go either way, see "Ties")
     same = (full.grain >= 0) & (fast.grain == full.grain)
     assert np.allclose(fast.completeness[same], full.completeness[same], atol=0.02)
+
+
+def test_prior_grains_are_refined_first_and_spare_the_search(scan, result):
+    """A live map's next update: the previous grains claim their seeds, the map is the same."""
+    from labdct_live.callbacks.scan_quality import map_change
+
+    prior = (result.grainmap.orientations[1:], result.grains[["x", "y", "z"]].to_numpy())
+    again = reconstruct(scan, prior=prior, threshold=result.threshold)
+    assert again.stats["n_prior_kept"] == len(result.grains)
+    assert again.stats["n_searched_seeds"] < result.stats["n_searched_seeds"]
+    change, new, lost = map_change(result.grainmap.grain_ids, result.grainmap.orientations,
+                                   again.grainmap.grain_ids, again.grainmap.orientations,
+                                   interior=False)  # grains matched by orientation
+    assert change < 0.03 and (new, lost) == (0, 0)
+    mis = misorientation_deg(again.grainmap.orientations[1:][:, None],
+                             result.grainmap.orientations[1:][None]).min(axis=1)
+    assert mis.max() < 0.1
+
+
+def test_a_cancelled_reconstruction_stops_at_the_next_seed(scan):
+    from labdct_live.reconstruction.pipeline import ReconstructionCancelled
+
+    calls = []
+    with pytest.raises(ReconstructionCancelled):
+        reconstruct(scan, threshold=0.5, cancel=lambda: calls.append(1) or True)
+    assert len(calls) == 1

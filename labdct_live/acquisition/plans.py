@@ -1,6 +1,7 @@
-"""Bluesky plans of a LabDCT acquisition: a rotation scan and an exposure-adapting scan.
+"""Bluesky plans of a LabDCT acquisition: a rotation scan, an exposure-adapting scan and a
+scan driven by the live grain map's quality signal.
 
-Both plans stage the detector and the rotation stage, open one run and, per projection, move
+The plans stage the detector and the rotation stage, open one run and, per projection, move
 the stage, then ``trigger_and_read`` the detector and the stage (one event per frame in the
 ``primary`` stream, holding the omega readback and the exposure). The start document carries
 what is needed to reproduce or process the scan:
@@ -8,7 +9,7 @@ what is needed to reproduce or process the scan:
 ===================  ===================================================================
 key                  value
 ===================  ===================================================================
-plan_name            ``"labdct_scan"`` or ``"adaptive_exposure_scan"``
+plan_name            ``"labdct_scan"``, ``"adaptive_exposure_scan"`` or ``"quality_scan"``
 geometry             :meth:`labdct_live.simulation.geometry.Geometry.to_dict` with this scan's
                      omegas (mm, degrees), when the detector knows it (or given in ``md``)
 sample               ``{"spec": SampleSpec.to_dict(), "seed": ..., "n_grains": ...}`` for a
@@ -24,7 +25,9 @@ labdct_live_version  the package version
 ===================  ===================================================================
 
 plus bluesky's usual ``detectors``, ``motors``, ``num_points``, ``plan_args`` and ``hints``;
-the adaptive scan adds ``target_snr``, ``min_exposure``, ``max_exposure`` and ``damping``.
+the adaptive scan adds ``target_snr``, ``min_exposure``, ``max_exposure`` and ``damping``;
+the quality scan adds ``omega_order`` and ``max_exposure`` (``omegas`` are the planned angles
+in ω order; the events say in which order they were taken).
 
 The examples use ``RE``, ``det`` and ``rotation`` made as in the example of
 :class:`~labdct_live.acquisition.detector.LabDCTDetector`.
@@ -47,7 +50,9 @@ __all__ = [
     "PlanError",
     "adaptive_exposure_scan",
     "labdct_scan",
+    "coarse_first_order",
     "next_exposure",
+    "quality_scan",
     "scan_omegas",
 ]
 
@@ -315,3 +320,129 @@ def adaptive_exposure_scan(detector, rotation, snr_source: Callable[[], float | 
             yield from bps.mv(detector.exposure, new)
 
     return _rotation_scan(detector, rotation, omegas, exposure, meta, after_frame=adapt)
+
+
+def coarse_first_order(n: int, stride: int = 8) -> np.ndarray:
+    """Frame indices ``0..n-1`` in a coarse-first order: every ``stride``-th frame first,
+    then the frames halfway between, and so on, so that the ω range is covered early.
+
+    Examples
+    --------
+    >>> coarse_first_order(9, 4).tolist()
+    [0, 4, 8, 2, 6, 1, 3, 5, 7]
+    """
+    if n < 0 or stride < 1:
+        raise PlanError(f"need n >= 0 and stride >= 1, got n={n}, stride={stride}")
+    order: list[int] = []
+    seen = np.zeros(n, dtype=bool)
+    step = int(stride)
+    while step >= 1:
+        new = [i for i in range(0, n, step) if not seen[i]]
+        seen[new] = True
+        order += new
+        step //= 2
+    return np.asarray(order, dtype=np.int64)
+
+
+def quality_scan(detector, rotation, quality_source: Callable[[], object | None],
+                 start: float = -180.0, stop: float = 180.0, step: float = 2.0,
+                 exposure: float | None = None, order: str = "coarse-first",
+                 stride: int = 8, max_exposure: float | None = None, retake: bool = True,
+                 md: dict | None = None):
+    """A rotation scan driven by the live grain map's scan-quality signal.
+
+    After each frame the plan reads ``quality_source()``, the newest
+    :class:`~labdct_live.callbacks.scan_quality.ScanQuality` (``live_map.latest`` of a
+    :class:`~labdct_live.callbacks.live_grainmap.LiveGrainMap`), and acts once on each new
+    update's decision (docs/live-grainmap.md): ``enough`` ends the scan (the run closes
+    normally, with the frames taken so far); ``raise exposure`` sets the exposure to the
+    exposure monitor's advice (at most ``max_exposure``) and, with ``retake``, queues the
+    frames taken at a shorter exposure again at the end (a reconstruction then uses the
+    longest exposure at each ω); ``continue`` does nothing.
+
+    Parameters
+    ----------
+    detector, rotation, start, stop, step, exposure, md
+        As :func:`labdct_scan`.
+    quality_source : callable
+        ``quality_source() -> ScanQuality | None``.
+    order : {"coarse-first", "sequential"}
+        Acquisition order of the ω (:func:`coarse_first_order` with ``stride``, or as
+        given): coarse-first makes the live map usable early.
+    stride : int
+        First-pass spacing of the coarse-first order, in frames.
+    max_exposure : float or None
+        Longest exposure a ``raise exposure`` may set (s); 16 times the first when None.
+    retake : bool
+        Re-take the frames of shorter exposure after a raise.
+
+    Examples
+    --------
+    A stand-in for the live map that says ``enough`` from the third frame on:
+
+    >>> from types import SimpleNamespace
+    >>> frames = []
+    >>> def quality():
+    ...     return SimpleNamespace(update=len(frames), decision="enough" if len(frames) >= 3
+    ...                            else "continue", advised_exposure=None)
+    >>> _ = RE.subscribe(lambda name, doc: frames.append(doc) if name == "event" else None)
+    >>> (uid,) = RE(quality_scan(det, rotation, quality, start=0, stop=20, step=2,
+    ...                          exposure=1.0, stride=4))
+    >>> [doc["data"]["rotation"] for doc in frames]
+    [0.0, 8.0, 16.0]
+    """
+    if not callable(quality_source):
+        raise PlanError(f"quality_source must be a callable returning the latest scan "
+                        f"quality, got {quality_source!r}")
+    if order not in ("coarse-first", "sequential"):
+        raise PlanError(f"order must be 'coarse-first' or 'sequential', got {order!r}")
+    omegas = scan_omegas(start, stop, step)
+    exposure = _positive(
+        "exposure", detector.exposure.get() if exposure is None else exposure)
+    max_exposure = _positive(
+        "max_exposure", 16 * exposure if max_exposure is None else max_exposure)
+    sequence = (coarse_first_order(len(omegas), stride) if order == "coarse-first"
+                else np.arange(len(omegas)))
+    plan_args = {"detector": repr(detector), "rotation": repr(rotation),
+                 "quality_source": repr(quality_source), "start": start, "stop": stop,
+                 "step": step, "exposure": exposure, "order": order, "stride": stride,
+                 "max_exposure": max_exposure, "retake": retake}
+    meta = _start_metadata("quality_scan", detector, rotation, omegas, exposure, plan_args,
+                           {"omega_order": order, "max_exposure": max_exposure, **(md or {})})
+
+    @bpp.stage_decorator([detector, rotation])
+    @bpp.run_decorator(md=meta)
+    def inner():
+        yield from bps.mv(detector.exposure, exposure)
+        queue = [int(i) for i in sequence]
+        taken: list[tuple[int, float]] = []
+        seen_update = None
+        while queue:
+            i = queue.pop(0)
+            yield from bps.checkpoint()
+            yield from bps.mv(rotation, float(omegas[i]))
+            yield from bps.trigger_and_read([detector, rotation])
+            current = float(detector.exposure.get())
+            taken.append((i, current))
+            try:
+                quality = quality_source()
+            except Exception:  # a failing live map must not abort the scan
+                logger.exception("quality_source failed after frame %d", len(taken) - 1)
+                quality = None
+            if quality is None or quality.update == seen_update:
+                continue
+            seen_update = quality.update
+            if quality.decision == "enough":
+                logger.info("scan quality: enough after %d frames (update %s): %s",
+                            len(taken), quality.update, getattr(quality, "reason", ""))
+                break
+            advised = getattr(quality, "advised_exposure", None)
+            if quality.decision == "raise exposure" and current < max_exposure:
+                new = float(min(max_exposure, max(advised or 0.0, 1.5 * current)))
+                logger.info("scan quality: exposure %.4g s -> %.4g s after %d frames", current,
+                            new, len(taken))
+                yield from bps.mv(detector.exposure, new)
+                if retake:
+                    queue += [j for j, t in taken if t < new and j not in queue]
+
+    return inner()

@@ -94,6 +94,11 @@ class EndOfScan:
     report : callable, optional
         Receives a line when the reconstruction starts and when it ends (``print`` in the
         CLI): it takes minutes, and runs after the last frame.
+    live_map : LiveGrainMap, optional
+        The run's live grain map (:mod:`labdct_live.callbacks.live_grainmap`): its distance
+        maps, computed as the frames came, are reused when it holds the very frames the
+        reconstruction reads (same binning), and its ``updates`` table stays in the
+        ``grainmap`` node beside the final map.
 
     Attributes
     ----------
@@ -108,7 +113,8 @@ class EndOfScan:
 
     def __init__(self, out_dir, formats=("grainrecon", "gm3d"), reference=None,
                  reconstruction=None, misorientation: float = 1.0, reconstruct=False,
-                 reconstruct_bin: int = 1, report: Callable[[str], None] | None = None):
+                 reconstruct_bin: int = 1, report: Callable[[str], None] | None = None,
+                 live_map=None):
         if int(reconstruct_bin) != reconstruct_bin or reconstruct_bin < 1:
             raise ValueError(f"reconstruct_bin must be a whole number >= 1, got "
                              f"{reconstruct_bin!r}")
@@ -128,6 +134,7 @@ class EndOfScan:
         self.misorientation = misorientation
         self.reconstruct_bin = int(reconstruct_bin)
         self.report = report
+        self.live_map = live_map
         self.results: dict[str, dict] = {}
 
     def _say(self, message: str) -> None:
@@ -195,9 +202,11 @@ class EndOfScan:
             binned = f" (binned {factor}x{factor})" if factor > 1 else ""
             self._say(f"reconstructing the grain map of {node_key} from {n} binary frames of "
                       f"{rows}x{cols}{binned} ...")
+            model = (None if self.live_map is None
+                     else self.live_map.model_for(node_key, scan))
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", LowCompletenessWarning)
-                rec = reconstruct(scan, self.reconstruct)
+                rec = reconstruct(scan, self.reconstruct, model=model)
             folder = self.out_dir / node_key
             folder.mkdir(parents=True, exist_ok=True)
             path, table, summary = write_reconstruction(folder / "grainmap.h5", rec, scan)
@@ -206,7 +215,7 @@ class EndOfScan:
             elapsed = time.perf_counter() - t0
             store_grainmap(client, node_key, rec, extra={
                 "file": path.name, "warnings": notes, "time": elapsed,
-                "binned": self.reconstruct_bin,
+                "binned": self.reconstruct_bin, "live_maps_reused": model is not None,
                 "frames_status": str(getattr(processor, "status", "")),
                 "raw_uid": str(processor.raw_uid)})
         except Exception as exc:  # recorded, never raised into the processor

@@ -30,8 +30,8 @@ from labdct_live.reconstruction.data import (
 )
 from labdct_live.simulation.geometry import Geometry, GeometryError
 
-__all__ = ["scan_from_catalog", "scan_from_node", "start_document", "store_grainmap",
-           "grainmap_summary", "bin_scan", "GRAINMAP_KEY"]
+__all__ = ["scan_from_catalog", "scan_from_node", "scan_setup", "best_per_omega",
+           "start_document", "store_grainmap", "grainmap_summary", "bin_scan", "GRAINMAP_KEY"]
 
 logger = logging.getLogger(__name__)
 
@@ -71,15 +71,16 @@ def _sample_of(start_doc: dict) -> tuple[str | None, SampleEnvelope, dict]:
     return material, envelope, extra
 
 
-def scan_from_node(node, start_doc: dict, *, material: str | None = None,
-                   envelope: SampleEnvelope | None = None) -> ScanData:
-    """The :class:`ScanData` of a processed node (``client["processed"][key]``).
+def scan_setup(start_doc: dict, *, material: str | None = None,
+               envelope: SampleEnvelope | None = None
+               ) -> tuple[Geometry, str, SampleEnvelope, dict]:
+    """Geometry, material, sample envelope and extras (``n_grains``, ``voxel_size``) of a
+    run, from its start document.
 
     Raises
     ------
     ReconstructionError
-        No geometry, no material or no sample size in the start document, no binary frames,
-        or ω missing for some frame.
+        No geometry, no material or no sample size in the start document.
     """
     if not start_doc.get("geometry"):
         raise ReconstructionError(
@@ -96,6 +97,42 @@ def scan_from_node(node, start_doc: dict, *, material: str | None = None,
         raise ReconstructionError(
             "the raw run's start document names no material: give it ('sample': "
             "{'material': 'Al', ...} in the plan's md, or --material)")
+    return geometry, material, scan_envelope, extra
+
+
+def best_per_omega(omegas: np.ndarray, exposures: np.ndarray) -> np.ndarray:
+    """Indices of the frames a reconstruction uses: one per ω, the longest exposure (the
+    later frame on a tie), so a frame re-taken at a longer exposure replaces the first.
+
+    Examples
+    --------
+    >>> best_per_omega(np.array([0., 2., 0., 4.]), np.array([1., 1., 3., 1.])).tolist()
+    [1, 2, 3]
+    """
+    omegas = np.asarray(omegas, float)
+    exposures = np.nan_to_num(np.asarray(exposures, float), nan=0.0)
+    order = np.lexsort((np.arange(len(omegas)), exposures, np.round(omegas, 6)))
+    key = np.round(omegas[order], 6)
+    last = np.r_[key[1:] != key[:-1], True]
+    return np.sort(order[last])
+
+
+def scan_from_node(node, start_doc: dict, *, material: str | None = None,
+                   envelope: SampleEnvelope | None = None) -> ScanData:
+    """The :class:`ScanData` of a processed node (``client["processed"][key]``).
+
+    Only frames processed with a rotation angle (status ``ok``) are used, and frames
+    re-taken at the same ω with a longer exposure replace the earlier ones
+    (:func:`best_per_omega`).
+
+    Raises
+    ------
+    ReconstructionError
+        No geometry, no material or no sample size in the start document, no binary frames,
+        or no frame processed with a rotation angle.
+    """
+    geometry, material, scan_envelope, extra = scan_setup(start_doc, material=material,
+                                                          envelope=envelope)
     if "binary" not in node:
         raise ReconstructionError("the processed node has no binary frames (no frame could "
                                   "be read)")
@@ -104,9 +141,18 @@ def scan_from_node(node, start_doc: dict, *, material: str | None = None,
     omegas = rows["omega"].to_numpy(dtype=float)
     if not np.isfinite(omegas).all():
         planned = np.asarray(start_doc.get("omegas", []), dtype=float)
-        if planned.size == n:
+        if planned.size == n and start_doc.get("omega_order", "sequential") == "sequential":
             omegas = np.where(np.isfinite(omegas), omegas, planned)
-    frames = np.asarray(node["binary"].read()) > 0
+    # frames that failed or were never taken (a scan stopped early) hold no segmentation
+    ok = (rows["status"].fillna("").astype(str).to_numpy() == "ok") & np.isfinite(omegas)
+    if not ok.any():
+        raise ReconstructionError("no frame of the processed node was processed with a "
+                                  "rotation angle (status 'ok')")
+    exposures = rows["exposure"].to_numpy(dtype=float)
+    index = np.flatnonzero(ok)
+    index = index[best_per_omega(omegas[index], exposures[index])]
+    frames = np.asarray(node["binary"].read())[index] > 0
+    omegas = omegas[index]
     source = f"catalog processed/{node.item['id']}"
     return ScanData(frames, omegas, geometry, material, scan_envelope, source=source,
                     extra=extra)
@@ -178,11 +224,15 @@ def grainmap_summary(result) -> dict:
             "voxel_size": float(result.grainmap.spacing[0]), "stats": stats}
 
 
-def store_grainmap(client, node_key: str, result, extra: dict | None = None):
+def store_grainmap(client, node_key: str, result, extra: dict | None = None,
+                   status: str = "complete"):
     """Write ``result`` as ``processed/<node_key>/grainmap``; ``status`` goes last.
 
-    An existing ``grainmap`` node (an earlier reconstruction of the same run) is emptied
-    and rewritten; its ``status`` reads ``running`` meanwhile.
+    An existing ``grainmap`` node (an earlier reconstruction of the same run, or a partial
+    map of the live grain map) has its map and grain table rewritten (other entries, such
+    as the live map's ``updates`` table, stay); its ``status`` reads ``running`` meanwhile,
+    so a reader that sees ``complete`` (or ``partial``, a live map's update) sees one whole
+    map.
     """
     key = check_key(node_key, "processed node key")
     node = client["processed"][key]
@@ -190,8 +240,9 @@ def store_grainmap(client, node_key: str, result, extra: dict | None = None):
     if GRAINMAP_KEY in node:
         container = node[GRAINMAP_KEY]
         container.update_metadata({"status": "running"})
-        if len(container):
-            container.delete_contents(list(container), external_only=False)
+        stale = [k for k in ("grain_id", "completeness", "grains") if k in container]
+        if stale:
+            container.delete_contents(stale, external_only=False)
     else:
         container = node.create_container(GRAINMAP_KEY, metadata={
             "status": "running", "description": "grain map reconstructed from the binary "
@@ -207,5 +258,5 @@ def store_grainmap(client, node_key: str, result, extra: dict | None = None):
     if len(result.grains):
         container.write_table(result.grains.reset_index(drop=True), key="grains",
                                   metadata={"description": "one row per grain"})
-    container.update_metadata({**summary, "status": "complete"})
+    container.update_metadata({**summary, "status": status})
     return container

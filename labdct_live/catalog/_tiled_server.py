@@ -93,6 +93,31 @@ def _wait_for_sqlite_locks() -> None:
     SQLStorage._connection_pool = patched
 
 
+def _init_catalog_in_process() -> None:
+    """Create a new catalog's tables in this process, not in a ``tiled catalog init``
+    subprocess (which tiled starts on every start-up, new catalog or not: a second Python
+    that imports tiled, ~3 s of CPU). Before the server runs there is no other thread to
+    upset SQLite; inside a running event loop tiled's own subprocess path is kept."""
+    import asyncio
+
+    import tiled.catalog
+    from tiled.commandline._catalog import init
+
+    original = tiled.catalog.from_uri
+
+    @functools.wraps(original)
+    def from_uri(uri, *args, init_if_not_exists=False, **kwargs):
+        if init_if_not_exists:
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:  # no loop: initialise here
+                init(database=uri, if_not_exists=True)
+                init_if_not_exists = False
+        return original(uri, *args, init_if_not_exists=init_if_not_exists, **kwargs)
+
+    tiled.catalog.from_uri = from_uri
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``tiled`` with ``argv`` (default ``sys.argv[1:]``), patched as described above.
 
@@ -106,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
 
     _wait_for_sqlite_locks()
     _no_key_in_banner()
+    _init_catalog_in_process()
     sys.argv = ["tiled", *args]
     return tiled_main()
 

@@ -39,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
                                              report=tqdm.write,
                                              outage_limit=args.outage_limit,
                                              reconstruct=args.reconstruct,
-                                             reconstruct_bin=args.reconstruct_bin) as session:
+                                             reconstruct_bin=args.reconstruct_bin,
+                                             live_map=_live_map(args)) as session:
         detector, rotation = session.simulated_instrument(
             args.sample, seed=args.seed, detector_shape=args.detector, exposure=args.exposure)
         if args.reconstruct:
@@ -89,6 +90,18 @@ def run(args: argparse.Namespace) -> int:
     if interrupted:
         return 130
     return 0 if complete and reconstructed else 1
+
+
+def _live_map(args: argparse.Namespace):
+    """The live grain map's settings of ``--live-map K`` (False when 0)."""
+    if args.live_map < 0:
+        raise ValueError(f"--live-map must be 0 (off) or a number of frames, got "
+                         f"{args.live_map}")
+    if not args.live_map:
+        return False
+    from labdct_live.callbacks.live_grainmap import LiveMapSettings
+
+    return LiveMapSettings(every=args.live_map, bin=args.reconstruct_bin)
 
 
 def _check_reconstruct_bin(args: argparse.Namespace) -> None:
@@ -273,6 +286,9 @@ def register(subparsers) -> None:
                    help="bin the binary frames NxN (OR) before the reconstruction: cheaper "
                         "distance maps and hit tests, coarser spots (default 2: 2032² frames "
                         "are reconstructed at 1016², the reconstruction benchmarks' size)")
+    p.add_argument("--live-map", type=int, default=0, metavar="K",
+                   help="update a grain map while the scan runs, every K frames, and print "
+                        "its quality signal (docs/live-grainmap.md; default 0: off)")
     p.add_argument("--outage-limit", type=float, default=300.0, metavar="SECONDS",
                    help="how long the catalog may stay away before the demo stops waiting "
                         "for it and leaves what it did not receive in WORKDIR/spool "

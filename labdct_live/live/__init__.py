@@ -1,5 +1,6 @@
 """Running live: the session that wires a RunEngine to the callbacks, replay of past scans,
-0MQ transport (addresses, CURVE, proxy, dispatcher) and spool import.
+0MQ transport (addresses, CURVE, proxy, dispatcher), spool import, and following a run live
+(the viewer).
 """
 
 from labdct_live._lazy import attach
@@ -17,6 +18,7 @@ _SUBMODULES = {
     ],
     "session": ["LiveSession"],
     "spool_import": ["import_spool", "import_raw_run"],
+    "viewer": ["RunSnapshot", "read_snapshot", "save_png", "snapshot_figure", "watch"],
 }
 
 __getattr__, __dir__, __all__ = attach(__name__, _SUBMODULES)

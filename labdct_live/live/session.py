@@ -69,6 +69,11 @@ class LiveSession:
     reconstruct_bin : int
         Bin the binary frames this many times along each axis before reconstructing
         (``EndOfScan(reconstruct_bin=...)``).
+    live_map : bool or LiveMapSettings
+        Update a grain map while the scan runs
+        (:class:`~labdct_live.callbacks.live_grainmap.LiveGrainMap`, default settings when
+        True), with its scan-quality signal in :attr:`live_grainmap`; the end-of-scan
+        reconstruction reuses its distance maps.
     report : callable, optional
         Receives the monitor's advice lines and the end-of-scan reconstruction's start and
         end lines (``print`` in the CLI).
@@ -84,7 +89,7 @@ class LiveSession:
                  target_snr: float = 4.0, export_formats=("grainrecon", "gm3d"),
                  reference=None, report: Callable[[str], None] | None = None,
                  queue_size: int = 16, outage_limit: float = 300.0, reconstruct=False,
-                 reconstruct_bin: int = 1):
+                 reconstruct_bin: int = 1, live_map=False):
         self.workdir = Path(workdir).resolve()
         self.catalog_uri = catalog_uri
         self.api_key = api_key
@@ -95,6 +100,8 @@ class LiveSession:
         self.reference = reference
         self.reconstruct = reconstruct
         self.reconstruct_bin = reconstruct_bin
+        self.live_map = live_map
+        self.live_grainmap = None  # the LiveGrainMap, when live_map
         self.report = report
         self.queue_size = queue_size
         self.outage_limit = outage_limit
@@ -140,17 +147,25 @@ class LiveSession:
                                            plot_path=self.workdir / "monitor" / "{uid}.png",
                                            report=self.report)
             self.RE.subscribe(self.monitor)
+            listeners, hooks = [self.monitor.on_frame], []
+            if self.live_map:  # imported only when used: it loads the reconstruction
+                from labdct_live.callbacks.live_grainmap import LiveGrainMap
+
+                settings = None if self.live_map is True else self.live_map
+                self.live_grainmap = LiveGrainMap(settings, monitor=self.monitor,
+                                                  report=self.report)
+                listeners.append(self.live_grainmap.on_frame)
+                hooks.append(self.live_grainmap)
             self.end_of_scan = EndOfScan(self.workdir / "export", self.export_formats,
                                          reference=self.reference,
                                          reconstruct=self.reconstruct,
                                          reconstruct_bin=self.reconstruct_bin,
-                                         report=self.report)
+                                         report=self.report, live_map=self.live_grainmap)
             config = LiveConfig(client=connect(self.catalog_uri, self.api_key),
                                 method=self.method, method_options=self.method_options,
                                 queue_size=self.queue_size,
                                 spool_dir=self.spool_dir, finalize_timeout=self.outage_limit,
-                                listeners=[self.monitor.on_frame],
-                                end_of_scan=[self.end_of_scan])
+                                listeners=listeners, end_of_scan=[*hooks, self.end_of_scan])
             self.RE.subscribe(live_router(config, self.processors))
         except BaseException:  # a half-open session must not leave its server running
             self._stop_server()

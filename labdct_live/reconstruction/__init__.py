@@ -15,7 +15,7 @@ Examples
 
 from labdct_live.reconstruction.data import ReconstructionError, SampleEnvelope, ScanData
 from labdct_live.reconstruction.forward import ForwardModel, Scores
-from labdct_live.reconstruction.hitmaps import HitMaps, build_hit_maps
+from labdct_live.reconstruction.hitmaps import HitMapBuilder, HitMaps, build_hit_maps
 from labdct_live.reconstruction.orientations import fundamental_zone_grid, misorientation_deg
 from labdct_live.reconstruction.pipeline import (
     GRAIN_COLUMNS,
@@ -39,6 +39,7 @@ __all__ = [
     "Scores",
     "SearchSettings",
     "build_hit_maps",
+    "HitMapBuilder",
     "fundamental_zone_grid",
     "misorientation_deg",
     "reconstruct",

@@ -21,7 +21,8 @@ from labdct_live.reconstruction.forward import ForwardModel
 from labdct_live.reconstruction.orientations import misorientation_deg
 
 __all__ = ["Assignment", "assign_voxels", "assign_coarse_to_fine", "merge_grains",
-           "drop_small_grains", "grain_adjacency", "neighbour_pairs", "radius_pairs"]
+           "drop_small_grains", "grain_adjacency", "neighbour_pairs", "radius_pairs",
+           "poor_region_seeds"]
 
 
 @dataclass
@@ -328,3 +329,25 @@ def drop_small_grains(labels: np.ndarray, min_voxels: int) -> tuple[np.ndarray, 
     small = small[small > 0]
     labels[np.isin(labels, small)] = 0
     return labels, small
+
+
+def poor_region_seeds(poor: np.ndarray, kji: tuple[np.ndarray, ...], shape: tuple[int, ...],
+                  min_voxels: int, limit: int) -> np.ndarray:
+    """Indices (into the mask's voxel list) of one seed per connected poor region."""
+    volume = np.zeros(shape, dtype=bool)
+    volume[kji] = poor
+    regions, n = ndimage.label(volume)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    sizes = np.bincount(regions.ravel())[1:]
+    depth = ndimage.distance_transform_edt(volume)
+    index_of = np.full(shape, -1, dtype=np.int64)
+    index_of[kji] = np.arange(len(poor))
+    seeds = []
+    for label in np.argsort(-sizes)[:limit] + 1:
+        if sizes[label - 1] < min_voxels:
+            break
+        inside = np.flatnonzero(regions.ravel() == label)
+        best = inside[np.argmax(depth.ravel()[inside])]
+        seeds.append(index_of.ravel()[best])
+    return np.asarray(seeds, dtype=np.int64)

@@ -29,7 +29,7 @@ from scipy import ndimage
 from labdct_live.reconstruction import _kernels
 from labdct_live.simulation.geometry import Geometry
 
-__all__ = ["HitMaps", "build_hit_maps", "pixel_depth_map", "pixel_distance_map",
+__all__ = ["HitMaps", "HitMapBuilder", "build_hit_maps", "pixel_depth_map", "pixel_distance_map",
            "spot_centroids", "PIXEL_UNIT"]
 
 #: Resolution of the stored pixel distance (px per unit of the uint8 map).
@@ -151,6 +151,93 @@ def _polar_occupancy(frame: np.ndarray, geometry: Geometry, n_tt: int, n_eta: in
     return occ
 
 
+class HitMapBuilder:
+    """Distance maps computed one frame at a time, as frames arrive.
+
+    The live grain map (:mod:`labdct_live.callbacks.live_grainmap`) adds each binary frame as
+    the processor finishes it, so that an update of the map, and the reconstruction at the
+    end of the scan, find every frame's maps ready. :func:`build_hit_maps` is this builder
+    run over a stack.
+
+    Parameters
+    ----------
+    geometry : Geometry
+        The frames' geometry (its ``detector_shape`` is the frames' shape).
+    tt_step, eta_step, polar_unit, depth
+        As :func:`build_hit_maps`.
+
+    Examples
+    --------
+    >>> geometry = Geometry().binned((64, 64))
+    >>> builder = HitMapBuilder(geometry)
+    >>> frame = np.zeros((64, 64), bool)
+    >>> frame[10, 20] = True
+    >>> builder.add(7, frame)
+    >>> maps = builder.stack([7])
+    >>> maps.pixel.shape, int(maps.pixel[0, 10, 23]) * PIXEL_UNIT, maps.spots.tolist()
+    ((1, 64, 64), 3.0, [[0.0, 10.0, 20.0]])
+    """
+
+    def __init__(self, geometry: Geometry, *, tt_step: float = 0.1, eta_step: float = 0.2,
+                 polar_unit: float = 0.02, depth: bool = False) -> None:
+        self.geometry = geometry
+        self.n_tt = int(np.ceil((geometry.max_two_theta() + 1.0) / tt_step))
+        self.n_eta = int(round(360.0 / eta_step))
+        self.tt_step = float(tt_step)
+        self.eta_step = 360.0 / self.n_eta
+        self.polar_unit = float(polar_unit)
+        self.depth = bool(depth)
+        self._pad = int(np.ceil(254 * polar_unit / self.eta_step)) + 1
+        self._frames: dict[int, tuple] = {}
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def __contains__(self, key: int) -> bool:
+        return key in self._frames
+
+    def add(self, key: int, frame: np.ndarray) -> None:
+        """Compute the maps of one binary frame and keep them under ``key`` (replacing any)."""
+        frame = np.asarray(frame, dtype=bool)
+        if frame.shape != tuple(self.geometry.detector_shape):
+            raise ValueError(f"frame of shape {frame.shape}, but the geometry's detector is "
+                             f"{tuple(self.geometry.detector_shape)}")
+        pixel = pixel_distance_map(frame)
+        depth = pixel_depth_map(frame) if self.depth else None
+        occ = _polar_occupancy(frame, self.geometry, self.n_tt, self.n_eta, self.tt_step,
+                               self.eta_step)
+        if occ.any():
+            pad = self._pad
+            wrapped = np.concatenate([occ[:, -pad:], occ, occ[:, :pad]], axis=1)
+            d = ndimage.distance_transform_edt(~wrapped, sampling=(self.tt_step / 2.0,
+                                                                   self.eta_step))
+            polar = np.minimum(np.rint(d[:, pad:pad + self.n_eta] / self.polar_unit),
+                               255).astype(np.uint8)
+        else:
+            polar = np.full((self.n_tt, self.n_eta), 255, dtype=np.uint8)
+        self._frames[int(key)] = (pixel, depth, polar, spot_centroids(frame))
+
+    def stack(self, keys) -> HitMaps:
+        """The :class:`HitMaps` of the frames ``keys``, in that order (spot frame numbers
+        are positions in ``keys``)."""
+        keys = [int(k) for k in keys]
+        missing = [k for k in keys if k not in self._frames]
+        if missing:
+            raise KeyError(f"no maps for frames {missing[:5]}")
+        entries = [self._frames[k] for k in keys]
+        shape = tuple(self.geometry.detector_shape)
+        pixel = np.stack([e[0] for e in entries]) if entries else np.zeros((0, *shape),
+                                                                            np.uint8)
+        depth = np.stack([e[1] for e in entries]) if self.depth and entries else None
+        polar = (np.stack([e[2] for e in entries]) if entries
+                 else np.zeros((0, self.n_tt, self.n_eta), np.uint8))
+        spots = [np.concatenate([np.full((len(e[3]), 1), float(i)), e[3]], axis=1)
+                 for i, e in enumerate(entries)]
+        return HitMaps(pixel=pixel, depth=depth, polar=polar, tt_step=self.tt_step,
+                       eta_step=self.eta_step, polar_unit=self.polar_unit,
+                       spots=np.concatenate(spots) if spots else np.zeros((0, 3)))
+
+
 def build_hit_maps(frames: np.ndarray, geometry: Geometry, *, tt_step: float = 0.1,
                    eta_step: float = 0.2, polar_unit: float = 0.02, depth: bool = False,
                    progress: bool = False) -> HitMaps:
@@ -176,31 +263,9 @@ def build_hit_maps(frames: np.ndarray, geometry: Geometry, *, tt_step: float = 0
     """
     from tqdm.auto import tqdm
 
-    n = len(frames)
-    tt_max = geometry.max_two_theta() + 1.0
-    n_tt = int(np.ceil(tt_max / tt_step))
-    n_eta = int(round(360.0 / eta_step))
-    eta_step = 360.0 / n_eta
-    pixel = np.empty((n,) + tuple(frames.shape[1:]), dtype=np.uint8)
-    depth_maps = np.empty_like(pixel) if depth else None
-    polar = np.empty((n, n_tt, n_eta), dtype=np.uint8)
-    max_deg = 254 * polar_unit
-    pad = int(np.ceil(max_deg / eta_step)) + 1
-    spots = []
-    for k in tqdm(range(n), desc="distance maps", unit="frame", disable=not progress):
-        pixel[k] = pixel_distance_map(frames[k])
-        rc = spot_centroids(frames[k])
-        spots.append(np.concatenate([np.full((len(rc), 1), float(k)), rc], axis=1))
-        if depth_maps is not None:
-            depth_maps[k] = pixel_depth_map(frames[k])
-        occ = _polar_occupancy(frames[k], geometry, n_tt, n_eta, tt_step, eta_step)
-        if not occ.any():
-            polar[k] = 255
-            continue
-        wrapped = np.concatenate([occ[:, -pad:], occ, occ[:, :pad]], axis=1)
-        d = ndimage.distance_transform_edt(~wrapped, sampling=(tt_step / 2.0, eta_step))
-        d = d[:, pad:pad + n_eta]
-        polar[k] = np.minimum(np.rint(d / polar_unit), 255).astype(np.uint8)
-    return HitMaps(pixel=pixel, depth=depth_maps, polar=polar, tt_step=float(tt_step),
-                   eta_step=float(eta_step), polar_unit=float(polar_unit),
-                   spots=np.concatenate(spots) if spots else np.zeros((0, 3)))
+    builder = HitMapBuilder(geometry, tt_step=tt_step, eta_step=eta_step,
+                            polar_unit=polar_unit, depth=depth)
+    for k in tqdm(range(len(frames)), desc="distance maps", unit="frame",
+                  disable=not progress):
+        builder.add(k, frames[k])
+    return builder.stack(range(len(frames)))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -12,12 +13,12 @@ import pandas as pd
 from scipy.spatial import cKDTree
 
 from labdct_live.grains.grainmap import GrainMap
-from labdct_live.grains.orientations import matrix_to_bunge
 from labdct_live.reconstruction.assign import (
     assign_coarse_to_fine,
     assign_voxels,
     drop_small_grains,
     merge_grains,
+    poor_region_seeds,
 )
 from labdct_live.reconstruction.data import ReconstructionError, ScanData
 from labdct_live.reconstruction.forward import ForwardModel
@@ -26,19 +27,19 @@ from labdct_live.reconstruction.search import (
     SearchSettings,
     index_method,
     null_threshold,
+    refine_known,
     search_seed,
 )
 from labdct_live.reconstruction.spotindex import SpotLedger
+from labdct_live.reconstruction.table import GRAIN_COLUMNS, grain_table
 
-__all__ = ["LowCompletenessWarning", "ReconstructionOptions", "ReconstructionResult",
-           "reconstruct", "GRAIN_COLUMNS"]
+__all__ = ["LowCompletenessWarning", "ReconstructionCancelled", "ReconstructionOptions",
+           "ReconstructionResult", "reconstruct", "GRAIN_COLUMNS"]
 
 logger = logging.getLogger(__name__)
 
-#: Columns of the per-grain table.
-GRAIN_COLUMNS = ["grain_id", "x", "y", "z", "n_voxels", "volume", "diameter", "phi1", "Phi",
-                 "phi2", "completeness", "voxel_completeness", "spots_predicted",
-                 "spots_matched"]
+class ReconstructionCancelled(Exception):
+    """:func:`reconstruct` stopped because its ``cancel`` callable said so."""
 
 
 class LowCompletenessWarning(UserWarning):
@@ -99,6 +100,11 @@ class ReconstructionOptions:
         focusing), and that neighbour would go unsearched.
     low_completeness : float
         A warning is issued when the grains' median completeness is below this.
+    max_fill : float or None
+        Largest share of segmented pixels (over all frames) a scan may have: beyond it
+        nearly every predicted spot hits, so completeness says nothing and the search
+        stalls (the routine's default masks of the real iron frames cover 26 %); the
+        reconstruction refuses such a scan at once. None: no check.
     seed : int
         Random seed (seed order, null test).
     """
@@ -120,6 +126,7 @@ class ReconstructionOptions:
     claim_radius: float = 1.0
     accept_fraction: float = 0.5
     low_completeness: float = 0.75
+    max_fill: float | None = 0.15
     seed: int = 0
 
     def to_dict(self) -> dict:
@@ -210,8 +217,10 @@ class _Grains:
 
 
 def reconstruct(scan: ScanData, options: ReconstructionOptions | None = None, *,
-                progress: bool = False, model: ForwardModel | None = None
-                ) -> ReconstructionResult:
+                progress: bool = False, model: ForwardModel | None = None,
+                prior: tuple[np.ndarray, np.ndarray] | None = None,
+                threshold: float | None = None,
+                cancel: Callable[[], bool] | None = None) -> ReconstructionResult:
     """Reconstruct the grain map of a scan by forward-model indexing.
 
     Parameters
@@ -223,6 +232,17 @@ def reconstruct(scan: ScanData, options: ReconstructionOptions | None = None, *,
         Show progress bars (tqdm).
     model : ForwardModel, optional
         A forward model of ``scan`` built earlier (its distance maps are reused).
+    prior : (ndarray (G, 3, 3), ndarray (G, 3)), optional
+        Orientations and centres (mm) of grains found earlier, e.g. by the previous update
+        of a live grain map on fewer frames: each is refined on this scan's frames first and
+        kept when it passes the acceptance threshold, claiming the seeds it explains, so
+        that only the rest of the sample is searched.
+    threshold : float, optional
+        Acceptance threshold to use instead of ``options.threshold`` or the null test (a
+        live map keeps the one of its first update).
+    cancel : callable, optional
+        Checked between seeds: when it returns True the reconstruction stops with
+        :class:`ReconstructionCancelled` (a live map's update at the end of the scan).
 
     Returns
     -------
@@ -241,6 +261,14 @@ def reconstruct(scan: ScanData, options: ReconstructionOptions | None = None, *,
     rng = np.random.default_rng(options.seed)
     stats: dict = {}
     t0 = time.perf_counter()
+    if options.max_fill is not None:
+        fill = float(np.mean(scan.frames))
+        if fill > options.max_fill:
+            raise ReconstructionError(
+                f"{100 * fill:.0f} % of the pixels of {scan.source or 'the scan'} are segmented "
+                f"(at most {100 * options.max_fill:.0f} %): almost any predicted spot would "
+                "hit, so the grains cannot be told apart; segment with a higher threshold or "
+                "a larger minimum spot size (or set ReconstructionOptions(max_fill=None))")
     model = model or ForwardModel.from_scan(scan, progress=progress)
     stats["time_maps"] = time.perf_counter() - t0
 
@@ -264,7 +292,9 @@ def reconstruct(scan: ScanData, options: ReconstructionOptions | None = None, *,
                  grid_size=int(len(grid)), voxel_size=voxel, grain_size=grain_size)
 
     t1 = time.perf_counter()
-    if options.threshold is None:
+    if threshold is not None:
+        threshold, null = float(threshold), np.zeros(0)
+    elif options.threshold is None:
         null_seeds = points[seeds[: options.n_null]]
         threshold, null = null_threshold(model, null_seeds, grid, settings, rng)
     else:
@@ -295,6 +325,8 @@ def reconstruct(scan: ScanData, options: ReconstructionOptions | None = None, *,
 
     def search_at(index: int) -> None:
         nonlocal n_coarse_tests, n_searched
+        if cancel is not None and cancel():
+            raise ReconstructionCancelled("reconstruction cancelled")
         started = time.perf_counter()
         known = None
         if len(grains):
@@ -312,21 +344,35 @@ def reconstruct(scan: ScanData, options: ReconstructionOptions | None = None, *,
                 continue
             near = seeds[seed_tree.query_ball_point(cand.position, r=radius)]
             s = model.score(points[near], cand.orientation, tol_px=settings.tol_px)
-            ok = near[s.completeness >= threshold]
-            centre = points[ok].mean(axis=0) if ok.size else cand.position
-            if grains.duplicate(cand.orientation, centre, 2 * radius, 1.0):
-                continue
-            grains.add(cand.orientation, centre, cand.completeness)
-            # Seeds this grain explains as well as its own seed need no search.
-            level = max(threshold, cand.completeness - 0.05)
-            if cand.completeness >= claim_level:
-                if options.skip_explained:
-                    close = np.linalg.norm(points[near] - cand.position, axis=1) <= claim_radius
-                    claimed[near[(s.completeness >= level) & close]] = True
-                if ledger is not None:
-                    ledger.explain(model, centre, cand.orientation, settings.tol_px)
+            add_grain(cand, near, s)
         claimed[index] = True
         search_clock[0] += time.perf_counter() - started
+
+    def add_grain(cand, near: np.ndarray, s) -> None:
+        """Accept ``cand``; a strong grain claims the seeds it explains and its spots."""
+        ok = near[s.completeness >= threshold]
+        centre = points[ok].mean(axis=0) if ok.size else cand.position
+        if grains.duplicate(cand.orientation, centre, 2 * radius, 1.0):
+            return
+        grains.add(cand.orientation, centre, cand.completeness)
+        # Seeds this grain explains as well as its own seed need no search.
+        level = max(threshold, cand.completeness - 0.05)
+        if cand.completeness >= claim_level:
+            if options.skip_explained:
+                close = np.linalg.norm(points[near] - cand.position, axis=1) <= claim_radius
+                claimed[near[(s.completeness >= level) & close]] = True
+            if ledger is not None:
+                ledger.explain(model, centre, cand.orientation, settings.tol_px)
+
+    if prior is not None and len(prior[0]):
+        t_prior = time.perf_counter()
+        kept = refine_known(model, prior, points, settings, threshold)
+        for cand in sorted(kept, key=lambda c: -c.completeness):
+            near = seeds[seed_tree.query_ball_point(cand.position, r=radius)]
+            s = model.score(points[near], cand.orientation, tol_px=settings.tol_px)
+            add_grain(cand, near, s)
+        stats.update(n_prior=int(len(prior[0])), n_prior_kept=len(grains),
+                     time_prior=time.perf_counter() - t_prior)
 
     for index in tqdm(seeds, desc="search seeds", unit="seed", disable=not progress):
         if not claimed[index]:
@@ -374,7 +420,7 @@ def reconstruct(scan: ScanData, options: ReconstructionOptions | None = None, *,
         if not len(grains):
             break
         level = max(threshold, 0.9 * float(np.median(grains.completeness)))
-        new_seeds = _poor_regions(result.completeness < level, (kk, jj, ii), shape, min_vox,
+        new_seeds = poor_region_seeds(result.completeness < level, (kk, jj, ii), shape, min_vox,
                                   options.reseed)
         # Seeds far from the centre of the grain that took them: a grain whose neighbours
         # fit its voxels as well as it does (Laue focusing) leaves such a gap.
@@ -426,7 +472,7 @@ def reconstruct(scan: ScanData, options: ReconstructionOptions | None = None, *,
     ids = relabel[labels].astype(np.int32)
     orientations = np.concatenate([np.eye(3)[None], mats[present - 1]]) if present.size else \
         np.eye(3)[None]
-    table = _grain_table(model, ids, orientations, comp_volume, origin, voxel,
+    table = grain_table(model, ids, orientations, comp_volume, origin, voxel,
                          settings.tol_px)
     stats["time_finish"] = time.perf_counter() - t4
     stats.update(n_searched_seeds=n_searched, n_candidate_grains=len(grains),
@@ -447,52 +493,3 @@ def reconstruct(scan: ScanData, options: ReconstructionOptions | None = None, *,
             f"(threshold {threshold:.2f}); the geometry, the rotation angles or the "
             "segmentation are probably wrong", LowCompletenessWarning, stacklevel=2)
     return ReconstructionResult(grainmap, table, threshold, null, stats)
-
-
-def _poor_regions(poor: np.ndarray, kji: tuple[np.ndarray, ...], shape: tuple[int, ...],
-                  min_voxels: int, limit: int) -> np.ndarray:
-    """Indices (into the mask's voxel list) of one seed per connected poor region."""
-    from scipy import ndimage
-
-    volume = np.zeros(shape, dtype=bool)
-    volume[kji] = poor
-    regions, n = ndimage.label(volume)
-    if n == 0:
-        return np.zeros(0, dtype=np.int64)
-    sizes = np.bincount(regions.ravel())[1:]
-    depth = ndimage.distance_transform_edt(volume)
-    index_of = np.full(shape, -1, dtype=np.int64)
-    index_of[kji] = np.arange(len(poor))
-    seeds = []
-    for label in np.argsort(-sizes)[:limit] + 1:
-        if sizes[label - 1] < min_voxels:
-            break
-        inside = np.flatnonzero(regions.ravel() == label)
-        best = inside[np.argmax(depth.ravel()[inside])]
-        seeds.append(index_of.ravel()[best])
-    return np.asarray(seeds, dtype=np.int64)
-
-
-def _grain_table(model: ForwardModel, ids: np.ndarray, orientations: np.ndarray,
-                 completeness: np.ndarray, origin: np.ndarray, voxel: float, tol_px: float
-                 ) -> pd.DataFrame:
-    n = int(ids.max(initial=0))
-    if n == 0:
-        return pd.DataFrame(columns=GRAIN_COLUMNS)
-    kk, jj, ii = np.nonzero(ids)
-    lab = ids[kk, jj, ii]
-    counts = np.bincount(lab, minlength=n + 1)[1:]
-    xyz = origin + np.stack([ii, jj, kk], axis=1) * voxel
-    centroid = np.stack([np.bincount(lab, weights=xyz[:, a], minlength=n + 1)[1:] / counts
-                         for a in range(3)], axis=1)
-    vox_comp = np.bincount(lab, weights=completeness[kk, jj, ii], minlength=n + 1)[1:] / counts
-    s = model.score(centroid, orientations[1:], tol_px=tol_px)
-    volume = counts * voxel**3
-    euler = matrix_to_bunge(orientations[1:])
-    return pd.DataFrame({
-        "grain_id": np.arange(1, n + 1), "x": centroid[:, 0], "y": centroid[:, 1],
-        "z": centroid[:, 2], "n_voxels": counts, "volume": volume,
-        "diameter": np.cbrt(6 * volume / np.pi), "phi1": euler[:, 0], "Phi": euler[:, 1],
-        "phi2": euler[:, 2], "completeness": s.completeness, "voxel_completeness": vox_comp,
-        "spots_predicted": s.n_pred, "spots_matched": s.n_hit,
-    })

@@ -18,11 +18,13 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy.optimize import minimize
+from scipy.spatial import cKDTree
 
 from labdct_live.reconstruction.forward import ForwardModel
 from labdct_live.reconstruction.orientations import misorientation_deg, perturb, select_distinct
 
-__all__ = ["Candidate", "SearchSettings", "search_seed", "refine", "null_threshold"]
+__all__ = ["Candidate", "SearchSettings", "search_seed", "refine", "refine_known",
+           "null_threshold", "worker_threads"]
 
 
 @dataclass(frozen=True)
@@ -109,7 +111,7 @@ class Candidate:
     coarse_score: float  #: direction-match fraction of the grid orientation it came from
 
 
-def _threads() -> int:
+def worker_threads() -> int:
     """Threads for independent refinements: numba's thread count (the cores it uses)."""
     try:
         import numba
@@ -259,7 +261,7 @@ def search_seed(model: ForwardModel, seed: np.ndarray, grid: np.ndarray,
     # candidate gets the full refinement, which lands on the orientation of a real grain.
     # The simplexes are independent and the kernel releases the GIL: one thread per core.
     chosen = chosen[: settings.n_refine]
-    with ThreadPoolExecutor(max_workers=max(1, min(len(chosen), _threads()))) as pool:
+    with ThreadPoolExecutor(max_workers=max(1, min(len(chosen), worker_threads()))) as pool:
         full = list(pool.map(
             lambda i: refine(model, grid[i], seed, settings, coarse_score=frac[i]), chosen))
     full = [c for c in full if c.completeness >= min_quick]
@@ -285,7 +287,7 @@ def _refine_all(model: ForwardModel, starts: np.ndarray, seed: np.ndarray,
     """Refine the start orientations, best first, a batch of one per core at a time (the
     simplexes are independent and the kernel releases the GIL), until one reaches
     ``settings.enough``."""
-    workers = max(1, min(len(starts), _threads()))
+    workers = max(1, min(len(starts), worker_threads()))
     done: list[Candidate] = []
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for first in range(0, len(starts), workers):
@@ -360,3 +362,19 @@ def null_threshold(model: ForwardModel, seeds: np.ndarray, grid: np.ndarray,
     c = values_arr[k]
     sd = np.sqrt(max(c * (1 - c), 0.01) / n_pred[k])
     return float(min(0.95, c + margin_sd * sd)), values_arr
+
+
+def refine_known(model: ForwardModel, prior: tuple[np.ndarray, np.ndarray],
+                 points: np.ndarray, settings: SearchSettings, threshold: float
+                 ) -> list[Candidate]:
+    """Grains found earlier (``prior``: orientations, centres), each refined on ``model``'s
+    frames from the mask point nearest its centre; those reaching ``threshold`` (one
+    refinement per core at a time)."""
+    mats = np.asarray(prior[0], float).reshape(-1, 3, 3)
+    centres = np.asarray(prior[1], float).reshape(-1, 3)
+    _, nearest = cKDTree(points).query(centres)
+    starts = points[nearest]
+    with ThreadPoolExecutor(max_workers=max(1, min(len(mats), worker_threads()))) as pool:
+        refined = list(pool.map(lambda k: refine(model, mats[k], starts[k], settings),
+                                range(len(mats))))
+    return [c for c in refined if c.completeness >= threshold]
