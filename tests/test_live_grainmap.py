@@ -21,7 +21,7 @@ from bluesky import RunEngine
 
 from labdct_live.acquisition.detector import LabDCTDetector, make_rotation_stage, scaled_geometry
 from labdct_live.acquisition.plans import PlanError, coarse_first_order, labdct_scan, quality_scan
-from labdct_live.callbacks.live_grainmap import UPDATES_KEY, LiveMapSettings
+from labdct_live.callbacks.live_grainmap import UPDATES_KEY, LiveGrainMap, LiveMapSettings
 from labdct_live.callbacks.reconstruction import best_per_omega, scan_from_catalog
 from labdct_live.callbacks.scan_quality import (
     CONTINUE,
@@ -286,3 +286,23 @@ def test_cli_from_catalog_gives_the_hooks_grain_map(live_scan, tmp_path, capsys)
     code = main(["reconstruct", "--from-catalog", session.catalog_uri, "--run", "../x",
                  "--api-key", session.api_key, "--out", str(tmp_path / "g.h5")])
     assert code != 0 and capsys.readouterr().err.strip()
+
+
+def test_an_interval_update_comes_between_frames_and_wait_idle_waits_for_it(live_scan):
+    """``interval``: a map of the frames so far although ``every`` is far off."""
+    session, uid = live_scan.session, live_scan.uid
+    node = session.client["processed"][uid]
+    start_doc = dict(session.client[uid].metadata["start"])
+    rows = node["frames"].read().sort_values("frame")
+    live = LiveGrainMap(LiveMapSettings(every=1000, interval=0.5, min_frames=10, bin=1,
+                                        options=OPTIONS, store=False), report=lambda _: None)
+    for row in rows.head(10).itertuples():
+        live.add_frame("replayed", start_doc, int(row.frame), row.omega, row.exposure,
+                       node["binary"][int(row.frame)])
+    quality = live.wait_for_update("replayed", timeout=300)
+    assert quality is not None and quality.n_frames == 10 and quality.n_grains >= 1
+    live.add_frame("replayed", start_doc, 99, 185.0, 20.0, node["binary"][0])
+    assert live.wait_idle(timeout=300)
+    assert len(live.history["replayed"]) == 2  # the interval again, with the 11th frame
+    assert live.current_map("replayed") is not None and live.decision("replayed") in (
+        CONTINUE, ENOUGH)

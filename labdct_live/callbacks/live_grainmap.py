@@ -76,7 +76,8 @@ class LiveMapSettings:
     every : int
         Update after this many new frames.
     interval : float or None
-        Also update when this many seconds passed since the last update and a frame came.
+        Also update when this many seconds passed since the last update and a frame came
+        since.
     min_frames : int
         Frames before the first update.
     bin : int
@@ -163,6 +164,7 @@ class LiveGrainMap:
         self._lock = threading.Lock()
         self._updated = threading.Condition(self._lock)
         self._inbox: queue.Queue = queue.Queue()
+        self._updating = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="live-grainmap", daemon=True)
         self._thread.start()
 
@@ -274,7 +276,7 @@ class LiveGrainMap:
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Block until every frame handed over is digested and no update runs."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while self._inbox.unfinished_tasks:
+        while self._inbox.unfinished_tasks or self._updating.is_set():
             if deadline is not None and time.monotonic() > deadline:
                 return False
             time.sleep(0.02)
@@ -309,18 +311,25 @@ class LiveGrainMap:
     # ------------------------------------------------------------------- thread
     def _loop(self) -> None:
         while True:
-            item = self._inbox.get()
+            try:  # wake up now and then: an ``interval`` may fall due between frames
+                item = self._inbox.get(timeout=0.5)
+            except queue.Empty:
+                item = None
             try:
-                self._digest(*item)
+                if item is not None:
+                    self._digest(*item)
                 if self._inbox.empty():  # catch up on frames first, then update
                     for run in list(self._runs.values()):
                         if run is not None and self._due(run):
+                            self._updating.set()
                             self._update(run)
             except Exception as exc:  # noqa: BLE001 - the scan must go on
                 logger.exception("live grain map failed")
                 self.errors.append(f"live grain map: {exc}")
             finally:
-                self._inbox.task_done()
+                self._updating.clear()
+                if item is not None:
+                    self._inbox.task_done()
 
     def _digest(self, run: _Run, index: int, omega: float, exposure: float,
                 frame: np.ndarray) -> None:
