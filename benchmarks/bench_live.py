@@ -40,13 +40,22 @@ def main() -> None:
     ap.add_argument("--sample", default="D35")
     ap.add_argument("--live-map-every", type=int, default=0,
                     help="also run the scan with the live grain map, an update every K frames")
+    ap.add_argument("--frame-delay", type=float, default=0.0,
+                    help="seconds added to every frame of the live-map scan (a longer "
+                         "exposure), so that the map can keep up; subtracted from its "
+                         "RunEngine time")
+    ap.add_argument("--detector", type=int, default=None,
+                    help="bin the detector to N x N pixels (default: the preset's)")
     args = ap.parse_args()
     step = 360.0 / (args.projections - 1)
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores; {args.sample} 2032², "
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores; {args.sample} "
+          f"{args.detector or 2032}², "
           f"{args.projections} frames, method {args.method}")
     with tempfile.TemporaryDirectory() as tmp, \
             LiveSession(tmp, method=args.method, export_formats=()) as session:
-        detector, rotation = session.simulated_instrument(args.sample, seed=1)
+        shape = None if args.detector is None else (args.detector, args.detector)
+        detector, rotation = session.simulated_instrument(args.sample, seed=1,
+                                                          detector_shape=shape)
         plan = lambda: labdct_scan(detector, rotation, step=step, exposure=1.0)  # noqa: E731
 
         # warm-up scan without the plugin: fills the detector's projection cache
@@ -117,9 +126,12 @@ def live_map_scan(session, plan, args, without: float) -> None:
     RE.subscribe(live_router(config, processors))
     RE.subscribe(lambda name, doc: event_time.__setitem__(doc["seq_num"] - 1, doc["time"])
                  if name == "event" else None)
+    if args.frame_delay > 0:  # in the RunEngine's thread: the next frame waits, as it would
+        RE.subscribe(lambda name, doc: time.sleep(args.frame_delay) if name == "event"
+                     else None)
     t = time.perf_counter()
     RE(plan())
-    with_map = (time.perf_counter() - t) / args.projections
+    with_map = (time.perf_counter() - t) / args.projections - args.frame_delay
     processors[-1].wait()
     print(f"RunEngine with the plugin and the live map: {with_map:.3f} s/frame "
           f"({100 * (with_map / without - 1):+.0f} % against no plugin)")

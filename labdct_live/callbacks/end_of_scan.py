@@ -216,6 +216,8 @@ class EndOfScan:
             store_grainmap(client, node_key, rec, extra={
                 "file": path.name, "warnings": notes, "time": elapsed,
                 "binned": self.reconstruct_bin, "live_maps_reused": model is not None,
+                "live_maps_not_reused": "" if self.live_map is None or model is not None
+                else self.live_map.not_reused.get(node_key, ""),
                 "frames_status": str(getattr(processor, "status", "")),
                 "raw_uid": str(processor.raw_uid)})
         except Exception as exc:  # recorded, never raised into the processor

@@ -160,6 +160,8 @@ class LiveGrainMap:
         self.report = report or logger.info
         self.history: dict[str, list[ScanQuality]] = {}
         self.errors: list[str] = []
+        #: why :meth:`model_for` gave no model, per run
+        self.not_reused: dict[str, str] = {}
         self._runs: dict[str, _Run] = {}
         self._lock = threading.Lock()
         self._updated = threading.Condition(self._lock)
@@ -304,6 +306,7 @@ class LiveGrainMap:
         if why is not None:
             logger.info("run %s: the live map's distance maps are not reused: %s", node_key,
                         why)
+            self.not_reused[node_key] = why
             return None
         maps = run.builder.stack([keys[j] for j in np.argsort(order)])
         return ForwardModel.from_scan(scan, maps)
