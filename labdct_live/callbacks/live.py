@@ -300,7 +300,9 @@ class LiveProcessor(DocumentRouter):
         return float(value) if np.isscalar(value) and not isinstance(value, str) else np.nan
 
     # ----------------------------------------------------------------------- worker
-    def _client(self):
+    def catalog_client(self):
+        """The tiled client the results are written to (the configured client, or what its
+        factory returns)."""
         client = self.config.client
         return client() if callable(client) else client
 
@@ -369,7 +371,7 @@ class LiveProcessor(DocumentRouter):
         accounted = set(self.rows) | set(self._pending_meta)
         missing = [i for i in range(self._expected_frames()) if i not in accounted]
         if missing:  # a worker that joined late: its predecessor may have written them
-            accounted |= frames_in_catalog(self._client(), self.node_key)
+            accounted |= frames_in_catalog(self.catalog_client(), self.node_key)
             missing = [i for i in missing if i not in accounted]
         if not missing:
             return
@@ -397,9 +399,9 @@ class LiveProcessor(DocumentRouter):
             return lambda i: (self.config.frame_source(i), np.nan, np.nan)
         if self._image_key is None:
             raise LookupError("the run's image data key is not known")
-        return CatalogRunFrames(self._client(), self.raw_uid, self._image_stream or "primary",
-                                self._image_key, self._scalar_keys["omega"],
-                                self._scalar_keys["exposure"],
+        return CatalogRunFrames(self.catalog_client(), self.raw_uid,
+                                self._image_stream or "primary", self._image_key,
+                                self._scalar_keys["omega"], self._scalar_keys["exposure"],
                                 timeout=self.config.backfill_timeout).read
 
     def _record_missing(self, index: int, reason: str) -> None:
@@ -438,7 +440,7 @@ class LiveProcessor(DocumentRouter):
                     "plan_name": (self.start_doc or {}).get("plan_name", ""),
                     **self.config.extra_metadata}
             self.writer = ProcessedRunWriter(
-                self._client(), self.node_key, n, meta, self._spool_root / "results",
+                self.catalog_client(), self.node_key, n, meta, self._spool_root / "results",
                 retry_interval=self.config.retry_interval, frame_shape=self.frame_shape)
         self.writer.write(index, binary, row, spots)
         self.counts["written"] = self.writer.written

@@ -122,6 +122,8 @@ class _Run:
         self.pending = 0  # frames since the last update
         self.last_update = time.monotonic()
         self.closed = False
+        self.closed_at = 0.0
+        self.handed_over = False  # model_for has given the maps to the final reconstruction
         self.result = None
         self.threshold: float | None = None
         self.history: list[ScanQuality] = []
@@ -177,7 +179,7 @@ class LiveGrainMap:
         if binary is not None:
             self.add_frame(processor.node_key, processor.start_doc, int(row["frame"]),
                            row.get("omega"), row.get("exposure"), binary,
-                           client=processor._client)
+                           client=processor.catalog_client)
 
     def add_frame(self, node_key: str, start_doc: dict, index: int, omega, exposure,
                   binary: np.ndarray, client: Callable | None = None) -> None:
@@ -209,9 +211,7 @@ class LiveGrainMap:
                 if run is None:  # no live map for this run (said once, below)
                     return
             else:
-                for old in self._runs.values():  # a new run: free the maps of closed ones
-                    if old is not None and old.closed:
-                        old.frames, old.builder = {}, None
+                self._free_closed_runs()
                 try:
                     run = self._runs[key] = _Run(key, start_doc, client)
                 except ReconstructionError as exc:  # no geometry, material or sample size
@@ -227,6 +227,16 @@ class LiveGrainMap:
         self._inbox.put((run, int(index), float(omega),
                          float(exposure) if exposure is not None else np.nan, frame))
 
+    def _free_closed_runs(self) -> None:
+        # A new run frees the maps of closed runs that the end-of-scan reconstruction has
+        # taken (model_for), and of all but the newest closed run: its reconstruction may
+        # still be on its way while the next run's first frames arrive.
+        closed = [r for r in self._runs.values() if r is not None and r.closed]
+        newest = max(closed, key=lambda r: r.closed_at, default=None)
+        for old in closed:
+            if old.handed_over or old is not newest:
+                old.frames, old.builder = {}, None
+
     def __call__(self, processor) -> None:
         """End-of-scan hook: :meth:`close_run` of the processor's run."""
         self.close_run(processor.node_key)
@@ -239,6 +249,7 @@ class LiveGrainMap:
             if run is None:
                 return
             run.closed = True
+            run.closed_at = time.monotonic()
         self.wait_idle(timeout=timeout)
 
     # ------------------------------------------------------------------ readers
@@ -309,6 +320,7 @@ class LiveGrainMap:
             self.not_reused[node_key] = why
             return None
         maps = run.builder.stack([keys[j] for j in np.argsort(order)])
+        run.handed_over = True
         return ForwardModel.from_scan(scan, maps)
 
     # ------------------------------------------------------------------- thread
