@@ -53,7 +53,8 @@ N_GRAINS = 8
 SPEC = SampleSpec("Al", 0.1, 0.1, n_grains=N_GRAINS, name="eos")
 OPTIONS = ReconstructionOptions(seed=0)
 RULE = DecisionRule(min_frames=15, max_gap=25.0)
-SETTINGS = LiveMapSettings(every=5, min_frames=8, bin=1, options=OPTIONS, rule=RULE)
+BIN = 2  # the live map and the end-of-scan reconstruction work on 256² frames
+SETTINGS = LiveMapSettings(every=5, min_frames=8, bin=BIN, options=OPTIONS, rule=RULE)
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +68,7 @@ def live_scan(tmp_path_factory):
                           method_options={"routine_params": RoutineParams(window=5, sigma=1.0,
                                                                           min_size=3)},
                           export_formats=(), reference=reference, reconstruct=OPTIONS,
-                          live_map=SETTINGS).open()
+                          reconstruct_bin=BIN, live_map=SETTINGS).open()
     live = session.live_grainmap
     seen = {"events": 0, "reads": []}
 
@@ -137,7 +138,7 @@ def test_the_scan_stops_when_the_map_is_enough_and_the_final_map_is_the_offline_
     # the final map equals reconstruct() on the catalog's frames, maps computed afresh
     scan = scan_from_catalog(session.client, uid)
     assert scan.n_frames == n_events
-    offline = reconstruct(scan, OPTIONS)
+    offline = reconstruct(bin_scan(scan, BIN), OPTIONS)
     assert np.array_equal(offline.grainmap.grain_ids, node["grain_id"].read())
     # and it holds the sample's grains: all found within 0.5° from the frames taken
     truth = grainmap_of(live_scan.sample).orientations[1:]
@@ -282,7 +283,7 @@ def test_cli_from_catalog_gives_the_hooks_grain_map(live_scan, tmp_path, capsys)
     session, uid = live_scan.session, live_scan.uid
     out = tmp_path / "cli.h5"
     assert main(["reconstruct", "--from-catalog", session.catalog_uri, "--run", uid,
-                 "--api-key", session.api_key, "--out", str(out)]) == 0
+                 "--api-key", session.api_key, "--out", str(out), "--bin", str(BIN)]) == 0
     cli = pd.read_csv(tmp_path / "cli_grains.csv").sort_values("grain_id", ignore_index=True)
     node = session.client["processed"][uid]["grainmap"]
     final = node["grains"].read().sort_values("grain_id", ignore_index=True)
@@ -294,6 +295,10 @@ def test_cli_from_catalog_gives_the_hooks_grain_map(live_scan, tmp_path, capsys)
     code = main(["reconstruct", "--from-catalog", session.catalog_uri, "--run", "../x",
                  "--api-key", session.api_key, "--out", str(tmp_path / "g.h5")])
     assert code != 0 and capsys.readouterr().err.strip()
+    code = main(["reconstruct", "--from-catalog", session.catalog_uri, "--run", uid,
+                 "--api-key", session.api_key, "--out", str(tmp_path / "g.h5"), "--bin", "3"])
+    assert code == 2 and "divisor" in capsys.readouterr().err  # 512 is not a multiple of 3
+    assert not (tmp_path / "g.h5").exists()
 
 
 def test_an_interval_update_comes_between_frames_and_the_maps_outlive_the_next_run(live_scan):
@@ -330,3 +335,34 @@ def test_an_interval_update_comes_between_frames_and_the_maps_outlive_the_next_r
     live.add_frame("third run", start_doc, 0, 0.0, 1.0, frames[0])  # taken: maps freed
     assert live.wait_idle(timeout=60)
     assert live.model_for("replayed", scan) is None
+
+
+def test_a_refused_update_is_said_once_and_retried_every_k_frames(live_scan, monkeypatch):
+    """Masks that fill most pixels: the reconstruction refuses each update; the live map says
+    so once and tries again only after ``every`` more frames."""
+    import labdct_live.callbacks.live_grainmap as live_grainmap
+
+    calls = []
+
+    def counting_reconstruct(scan, *args, **kwargs):
+        calls.append(scan.n_frames)
+        return reconstruct(scan, *args, **kwargs)
+
+    monkeypatch.setattr(live_grainmap, "reconstruct", counting_reconstruct)
+    session, uid = live_scan.session, live_scan.uid
+    start_doc = dict(session.client[uid].metadata["start"])
+    rows = session.client["processed"][uid]["frames"].read().sort_values("frame")
+    reports = []
+    live = LiveGrainMap(LiveMapSettings(every=3, min_frames=3, bin=2, options=OPTIONS,
+                                        store=False), report=reports.append)
+    full = np.ones((512, 512), np.uint8)
+    for row in rows.head(9).itertuples():
+        live.add_frame("filled", start_doc, int(row.frame), row.omega, row.exposure, full)
+        assert live.wait_idle(timeout=60)  # one frame at a time: the per-frame case
+    assert calls == [3, 6, 9]  # after frames 3, 6 and 9, not after each of 4..9
+    refusals = [e for e in live.errors if "filled" in e]
+    assert len(refusals) == 1 and "refused" in refusals[0] and "%" in refusals[0]
+    assert reports == refusals
+    assert "pixels" in live.refused["filled"] and live.history["filled"] == []
+    assert live.decision("filled") == CONTINUE and live.latest("filled") is None
+    live.close_run("filled")

@@ -126,6 +126,7 @@ class _Run:
         self.handed_over = False  # model_for has given the maps to the final reconstruction
         self.result = None
         self.threshold: float | None = None
+        self.refusal: str | None = None  # why the latest update was refused, if it was
         self.history: list[ScanQuality] = []
 
     def frame_set(self) -> list[int]:
@@ -153,6 +154,10 @@ class LiveGrainMap:
         Per processed node, the :class:`ScanQuality` of every update, oldest first.
     errors : list of str
         Updates that failed (the scan goes on; the next update tries again).
+    refused : dict
+        Per run, why its latest update was refused by the reconstruction (e.g. masks that
+        fill too many pixels): said once (a warning, ``errors`` and the report), then tried
+        again after ``every`` more frames, not after each frame. Gone once one succeeds.
     """
 
     def __init__(self, settings: LiveMapSettings | None = None, monitor=None,
@@ -162,6 +167,7 @@ class LiveGrainMap:
         self.report = report or logger.info
         self.history: dict[str, list[ScanQuality]] = {}
         self.errors: list[str] = []
+        self.refused: dict[str, str] = {}
         #: why :meth:`model_for` gave no model, per run
         self.not_reused: dict[str, str] = {}
         self._runs: dict[str, _Run] = {}
@@ -362,7 +368,9 @@ class LiveGrainMap:
     def _due(self, run: _Run) -> bool:
         if run.closed or run.pending == 0 or len(run.frames) < self.settings.min_frames:
             return False
-        if run.pending >= self.settings.every or run.result is None:
+        if run.pending >= self.settings.every:
+            return True
+        if run.result is None and run.refusal is None:  # the first map as soon as it can be
             return True
         interval = self.settings.interval
         return interval is not None and time.monotonic() - run.last_update >= interval
@@ -390,12 +398,17 @@ class LiveGrainMap:
                                      cancel=lambda: run.closed)
             except ReconstructionCancelled:
                 return
+            except ReconstructionError as exc:  # the frames, not the code: say it once
+                self._refuse(run, str(exc))
+                return
         if run.threshold is None:
             run.threshold = result.threshold
         quality = self._quality(run, model, result, previous, scan, time.perf_counter() - t0)
         with self._lock:
             if run.closed:  # the end of the scan came first: its map is the one to keep
                 return
+            run.refusal = None
+            self.refused.pop(run.node_key, None)
             run.result = result
             run.history.append(quality)
             self._updated.notify_all()
@@ -406,6 +419,21 @@ class LiveGrainMap:
                     f"explained -> {quality.decision} ({quality.reason})")
         if self.settings.store and run.client is not None:
             self._store(run, result, quality)
+
+    def _refuse(self, run: _Run, reason: str) -> None:
+        with self._lock:  # said once until an update succeeds (the % filled moves a little)
+            again = run.refusal is not None
+            run.refusal = self.refused[run.node_key] = reason
+        if again:
+            logger.debug("run %s: live grain map update refused again: %s", run.node_key,
+                         reason)
+            return
+        message = (f"run {run.node_key}: live grain map update refused ({len(run.frames)} "
+                   f"frames; retried after {self.settings.every} more): {reason}")
+        self.errors.append(message)
+        logger.warning(message)
+        if self.report != logger.info:  # the CLI prints it; a default report would log twice
+            self.report(message)
 
     def _quality(self, run: _Run, model: ForwardModel, result, previous, scan: ScanData,
                  seconds: float) -> ScanQuality:

@@ -51,6 +51,10 @@ def register(subparsers) -> None:
     p.add_argument("--tolerance", type=float, default=0.5, metavar="PX",
                    help="hit tolerance in pixels (default 0.5: the spot must land on a "
                         "segmented pixel)")
+    p.add_argument("--bin", type=int, default=1, metavar="N",
+                   help="OR-bin the binary frames N x N first (N**2 times faster, coarser "
+                        "spots; as the end-of-scan reconstruction's reconstruct_bin; "
+                        "default: 1)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--overwrite", action="store_true", help="replace GRAINMAP.h5 if it exists")
     p.set_defaults(func=run)
@@ -114,7 +118,13 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--out {out}: the folder {out.parent} does not exist")
     if args.tolerance < 0 or not 0.25 <= args.grid_resolution <= 20:
         raise CLIError("--tolerance must be >= 0 px and --grid-resolution in [0.25, 20] deg")
+    if args.bin < 1:
+        raise CLIError(f"--bin must be at least 1, got {args.bin}")
     scan = _read_input(args)
+    if args.bin > 1:
+        from labdct_live.callbacks.reconstruction import bin_scan
+
+        scan = bin_scan(scan, args.bin)
     search = replace(SearchSettings(), grid_resolution=args.grid_resolution,
                      direction_tol=max(1.0, 0.5 * args.grid_resolution),
                      tol_px=args.tolerance)
