@@ -54,14 +54,16 @@ ROUTINE = RoutineParams(window=5, sigma=1.0, min_size=3)
 
 def run_scan(kind: str, args, sample, reference: Path) -> dict:
     """One scan of ``kind`` (``adaptive``, ``short`` or ``long``); its figures."""
-    geometry = scaled_geometry(Geometry(n_projections=37, omega_step=10.0), (512, 512))
-    settings = LiveMapSettings(every=5, min_frames=8, bin=2, options=OPTIONS,
+    geometry = scaled_geometry(Geometry(n_projections=37, omega_step=10.0),
+                               (args.detector, args.detector))
+    settings = LiveMapSettings(every=5, min_frames=8, bin=args.bin, options=OPTIONS,
                                rule=DecisionRule(min_frames=15, max_gap=25.0))
     events: list[tuple[float, float]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        session = LiveSession(tmp, method="routine", method_options={"routine_params": ROUTINE},
+        options = {"routine_params": ROUTINE} if args.method == "routine" else {}
+        session = LiveSession(tmp, method=args.method, method_options=options,
                               target_snr=args.target_snr, export_formats=(),
-                              reference=reference, reconstruct=OPTIONS, reconstruct_bin=2,
+                              reference=reference, reconstruct=OPTIONS, reconstruct_bin=args.bin,
                               live_map=settings, report=lambda _: None).open()
         try:
             live, seen = session.live_grainmap, {}
@@ -79,7 +81,7 @@ def run_scan(kind: str, args, sample, reference: Path) -> dict:
                 n, uid = len(events), seen["uid"]
                 if n % 5 == 0 and n >= settings.min_frames:  # the map catches up
                     live.wait_for_update(uid, after=len(live.history.get(uid, [])),
-                                         timeout=600)
+                                         timeout=300)
                 return live.latest(uid)
 
             rotation = make_rotation_stage()
@@ -127,8 +129,12 @@ def main() -> None:
     ap.add_argument("--max-exposure", type=float, default=16.0, help="long exposure, s")
     ap.add_argument("--target-snr", type=float, default=4.0)
     ap.add_argument("--scans", default="adaptive,short,long")
+    ap.add_argument("--method", default="dl", choices=("dl", "routine"))
+    ap.add_argument("--detector", type=int, default=2032, help="detector pixels (square)")
+    ap.add_argument("--bin", type=int, default=8, help="binning of the live and final maps")
     args = ap.parse_args()
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores; 8 Al grains, 37 x 512², "
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores; 8 Al grains, 37 x "
+          f"{args.detector}² ({args.method}, maps binned {args.bin}x{args.bin}), "
           f"exposure {args.exposure:g} s (long {args.max_exposure:g} s), target SNR "
           f"{args.target_snr:g}")
     sample = make_sample(SPEC, seed=3)

@@ -366,3 +366,39 @@ def test_a_refused_update_is_said_once_and_retried_every_k_frames(live_scan, mon
     assert "pixels" in live.refused["filled"] and live.history["filled"] == []
     assert live.decision("filled") == CONTINUE and live.latest("filled") is None
     live.close_run("filled")
+
+
+def test_frames_retaken_by_quality_scan_reach_the_catalog(tmp_path):
+    """Re-taken frames come after the planned ones: the processed ``binary`` array grows to
+    hold them, nothing is spooled, and the run completes (a 500 from tiled and a spool
+    waiting for import-spool before)."""
+    sample = make_sample(SPEC, seed=3)
+    geometry = scaled_geometry(Geometry(n_projections=7, omega_step=10.0), (128, 128))
+    with LiveSession(tmp_path / "work", method="routine",
+                     method_options={"routine_params": RoutineParams(window=3, sigma=1.0,
+                                                                     min_size=3)},
+                     export_formats=()) as session:
+        rotation = make_rotation_stage()
+        detector = LabDCTDetector(simulator=Simulator(sample, geometry), rotation=rotation,
+                                  write_dir=session.raw_dir, seed=1, exposure=1.0,
+                                  background_rate=0.0)
+        seen = []
+        session.RE.subscribe(lambda name, doc: seen.append(doc) if name == "event" else None)
+
+        def quality():
+            if len(seen) < 2:
+                return None
+            return SimpleNamespace(update=1, decision=RAISE_EXPOSURE, advised_exposure=3.0)
+
+        (uid,) = session.RE(quality_scan(detector, rotation, quality, start=0, stop=60,
+                                         step=10, exposure=1.0, order="sequential"))
+        assert session.wait(120)
+        node = session.client["processed"][uid]
+        assert node["binary"].shape == (9, 128, 128)  # 7 planned + 2 re-taken
+        frames = node["frames"].read()
+        assert sorted(frames["frame"]) == list(range(9))
+        assert node.metadata["status"] == "complete" and node.metadata["n_frames"] == 9
+        processor = next(p for p in session.processors if p.raw_uid == uid)
+        assert processor.counts["spooled_results"] == 0 and processor.counts["missing"] == 0
+        # the re-taken frames' masks are those of their angles at the longer exposure
+        assert node["binary"][7].any() and node["binary"][8].any()

@@ -220,13 +220,26 @@ class ProcessedRunWriter:
         self._frames, self._spots = node["frames"], node["spots"]
         self._node = node
 
+    def _grow(self, result: _Result) -> None:
+        """Write a frame beyond the planned ones (a plan that re-takes frames, e.g.
+        ``quality_scan`` after raising the exposure): the ``binary`` array grows to hold it
+        (zeros between) and ``n_frames`` follows."""
+        self._binary.patch(result.binary[None], offset=(result.index, 0, 0), extend=True)
+        self.n_frames = self.metadata["n_frames"] = result.index + 1
+        self._node.update_metadata({"n_frames": self.n_frames})
+        self._save_description()
+        self._binary = self._node["binary"]  # the client's structure has the new shape
+
     def _write_now(self, result: _Result) -> None:
         """Write the parts of ``result`` not yet written; the frame row goes last, so a row
         in the catalog means the frame is complete there."""
         if result.binary is not None:
             self._ensure_nodes(result.binary.shape)
             if "binary" not in result.written:
-                self._binary.write_block(result.binary[None], block=(result.index, 0, 0))
+                if result.index >= self._binary.shape[0]:
+                    self._grow(result)
+                else:
+                    self._binary.write_block(result.binary[None], block=(result.index, 0, 0))
                 result.written.add("binary")
         else:
             if self._shape is None and not self._finishing:
