@@ -1,10 +1,12 @@
 """Raise the exposure when the map suffers: the quality plan on a noisy simulated scan.
 
-An 8-grain Al sample (0.1 x 0.1 mm), 37 projections of 512² at 10°, with the detector's
-background (919 counts/s) and Poisson noise, segmented live by the standard routine; the live
-grain map updates every 5 frames, the exposure monitor advises the exposure for a median spot
-SNR of ``--target-snr``, and the end-of-scan hook reconstructs and compares with the
-simulator's grain map. Three scans on the real RunEngine and an embedded catalog:
+An 8-grain Al sample (0.1 x 0.1 mm), 37 projections of ``--detector``² (2032) at 10°, with
+the detector's background (919 counts/s) and Poisson noise, segmented live by ``--method``
+(the shipped U-Net; the routine's defaults segment too much of these frames); the live grain
+map (binned ``--bin`` x ``--bin``, 8) updates every 5 frames, the exposure monitor advises
+the exposure for a median spot SNR of ``--target-snr``, and the end-of-scan hook
+reconstructs and compares with the simulator's grain map. Three scans on the real RunEngine
+and an embedded catalog:
 
 ``adaptive``
     ``quality_scan`` from the short exposure ``--exposure``: it acts on the live map's
